@@ -1,0 +1,79 @@
+"""Configuration of SigPhi: a timm SigLIP image encoder, an MLP projector and a Phi-3 decoder.
+
+The layout follows transformers' `LlavaConfig` (a composite config with `vision_config` and
+`text_config` sub-configs), so generic tooling (`config.get_text_config()`, TRL, PEFT) finds the
+decoder's settings where it expects them. The vision tower is a timm model, so its config stores the
+timm model name and the keyword arguments needed to rebuild it without downloading anything.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
+
+
+class SigPhiVisionConfig(PreTrainedConfig):
+    r"""
+    Describes the timm image encoder of SigPhi.
+
+    Args:
+        timm_model_name (`str`): timm architecture name, e.g. `"vit_so400m_patch14_siglip_384"`.
+        timm_kwargs (`dict`): keyword arguments for `timm.create_model` that rebuild the exact architecture
+            (e.g. `img_size`, `patch_size`, `embed_dim`, `depth`, `num_heads`). `num_classes=0` and
+            `global_pool=""` are always added: SigPhi uses the token features, never a pooled vector.
+        hidden_size (`int`): width of the features the tower returns (timm's `num_features`).
+        vision_feature_layer (`int`): which block's output feeds the projector; `-1` is the final output
+            after the tower's last norm, other values index `forward_intermediates` (e.g. `-2`).
+        image_size (`int`): square input resolution the tower was built for.
+        image_mean, image_std (`list[float]`): normalisation the tower was trained with (0.5 for SigLIP).
+        resample (`str`): timm's interpolation name used for resizing (`"bicubic"` for SigLIP).
+    """
+
+    model_type = "sigphi_vision"
+    base_config_key = "vision_config"
+
+    timm_model_name: str = "vit_so400m_patch14_siglip_384"
+    timm_kwargs: dict | None = None
+    hidden_size: int = 1152
+    vision_feature_layer: int = -1
+    image_size: int = 384
+    image_mean: list[float] | tuple[float, ...] = SIGLIP_MEAN_STD
+    image_std: list[float] | tuple[float, ...] = SIGLIP_MEAN_STD
+    resample: str = "bicubic"
+
+    def __post_init__(self, **kwargs):
+        self.timm_kwargs = {**(self.timm_kwargs or {}), "num_classes": 0, "global_pool": ""}
+        self.image_mean = list(self.image_mean)
+        self.image_std = list(self.image_std)
+        super().__post_init__(**kwargs)
+
+
+class SigPhiConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`SigPhiForConditionalGeneration`].
+
+    Args:
+        vision_config (`SigPhiVisionConfig` or `dict`): the timm image encoder.
+        text_config (`Phi3Config` or `dict`): the decoder (any causal LM config works; Phi-3 is the default).
+        image_token_id (`int`): id of the `<image>` placeholder token in the tokenizer.
+        image_seq_length (`int`): number of image features (and so of `<image>` tokens) per image.
+        projector_hidden_act (`str`): activation between the projector's two linear layers.
+        multimodal_projector_bias (`bool`): whether the projector's linear layers have a bias.
+    """
+
+    model_type = "sigphi"
+    sub_configs_defaults = {
+        "vision_config": SigPhiVisionConfig,
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="phi3"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32011
+    image_seq_length: int = 729
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    tie_word_embeddings: bool = False
+
+
+__all__ = ["SigPhiConfig", "SigPhiVisionConfig"]

@@ -1,0 +1,381 @@
+"""SigPhi: a timm SigLIP image encoder and a Phi-3 decoder joined by an MLP projector.
+
+The layout is transformers' Llava layout on purpose: `SigPhiForConditionalGeneration.model` is a
+`SigPhiModel` holding `vision_tower`, `multi_modal_projector` and `language_model`, and the LM head
+sits on the outer class. TRL's fused-LM-head training calls `model.model(...)` and reads
+`last_hidden_state` after the image features are merged; LoRA regexes written for Llava-style models
+(`.*language_model.*q_proj`) find the same module names here.
+
+The processor expands each `<image>` into `image_seq_length` placeholder tokens; this file only replaces
+the embeddings at those positions with projected image features (`masked_scatter`), and ignores the
+labels there, because TRL's collators do not mask image tokens.
+"""
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+from tokenizers import AddedToken
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from configuration.configuration_sigphi import SigPhiConfig, SigPhiVisionConfig
+from processing.processing_sigphi import IMAGE_TOKEN, SigPhiProcessor
+
+from .self_contained_saving import SelfContainedSaveMixin
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SigPhiModelOutputWithPast(BaseModelOutputWithPast):
+    """Decoder outputs plus `image_hidden_states`: (num_images, image_seq_length, text_hidden_size)."""
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class SigPhiCausalLMOutputWithPast(ModelOutput):
+    """Language-modelling outputs of [`SigPhiForConditionalGeneration`]."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+def build_vision_tower(vision_config: SigPhiVisionConfig) -> nn.Module:
+    """Rebuild the timm image encoder from its config alone (never downloads: weights come from the checkpoint)."""
+    return timm.create_model(vision_config.timm_model_name, pretrained=False, **vision_config.timm_kwargs)
+
+
+def describe_timm_tower(tower: nn.Module, timm_model_name: str, timm_kwargs: dict,
+                        vision_feature_layer: int = -1) -> SigPhiVisionConfig:
+    """The `SigPhiVisionConfig` of a built timm tower: size, width, normalisation read off the model itself.
+
+    The input size comes from the patch embedding, not from `resolve_model_data_config`, which reports
+    the pretrained size even when `img_size` was overridden.
+    """
+    pretrained_cfg = getattr(tower, "pretrained_cfg", {}) or {}
+    return SigPhiVisionConfig(
+        timm_model_name=timm_model_name,
+        timm_kwargs={key: value for key, value in timm_kwargs.items() if key != "pretrained_cfg_overlay"},
+        hidden_size=tower.num_features,
+        vision_feature_layer=vision_feature_layer,
+        image_size=tower.patch_embed.img_size[0],
+        image_mean=pretrained_cfg.get("mean", (0.5, 0.5, 0.5)),
+        image_std=pretrained_cfg.get("std", (0.5, 0.5, 0.5)),
+        resample=pretrained_cfg.get("interpolation", "bicubic"),
+    )
+
+
+class SigPhiMultiModalProjector(nn.Module):
+    """Two-layer MLP mapping vision features (vision hidden) into the decoder's embedding space (text hidden)."""
+
+    def __init__(self, config: SigPhiConfig):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=config.multimodal_projector_bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=config.multimodal_projector_bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class SigPhiPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
+    """Shared capabilities of the SigPhi classes, declared the way transformers' built-in models do."""
+
+    config_class = SigPhiConfig
+    config: SigPhiConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Phi3DecoderLayer", "Block", "SigPhiMultiModalProjector"]
+    _skip_keys_device_placement = ["past_key_values"]
+    # Kept out of bitsandbytes quantization (4-/8-bit loading quantizes every other nn.Linear); upcast in fp16.
+    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    extra_auto_classes = {"AutoModel": "SigPhiModel", "AutoModelForCausalLM": "SigPhiForConditionalGeneration",
+                          "AutoModelForImageTextToText": "SigPhiForConditionalGeneration"}
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        """Checkpoint the timm tower as well: timm has its own switch (non-reentrant `torch.utils.checkpoint`)."""
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, SigPhiModel):
+                module.vision_tower.set_grad_checkpointing(enable)
+
+
+class SigPhiModel(SigPhiPreTrainedModel):
+    """Vision tower + projector + decoder, without the LM head; returns hidden states after the image merge."""
+
+    def __init__(self, config: SigPhiConfig):
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config.vision_config)
+        if self.vision_tower.num_features != config.vision_config.hidden_size:
+            raise ValueError(
+                f"vision_config.hidden_size is {config.vision_config.hidden_size} but the timm model "
+                f"{config.vision_config.timm_model_name!r} returns {self.vision_tower.num_features} features."
+            )
+        self.multi_modal_projector = SigPhiMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode and project images: (num_images, 3, H, W) -> (num_images, image_seq_length, text_hidden)."""
+        tower = self.vision_tower
+        pixel_values = pixel_values.to(dtype=tower.patch_embed.proj.weight.dtype)
+        layer = self.config.vision_config.vision_feature_layer
+        if layer == -1:
+            features = tower.forward_features(pixel_values)[:, getattr(tower, "num_prefix_tokens", 0) :]
+        else:
+            features = tower.forward_intermediates(
+                pixel_values, indices=[layer], output_fmt="NLC", intermediates_only=True
+            )[0]
+        return self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) mask of `<image>` positions, found from `input_ids` or, without them, from the embeddings."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    def merge_image_features(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Scatter image features into the `<image>` positions of `inputs_embeds` (batch, seq, text_hidden)."""
+        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        n_tokens, n_features = int(image_mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: the input has {n_tokens} <image> tokens but the "
+                f"{image_features.shape[0]} image(s) give {n_features} features ({image_features.shape[1]} each). "
+                "Build inputs with the SigPhi processor, which expands every <image> to image_seq_length tokens."
+            )
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SigPhiModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return SigPhiModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
+    """SigPhi with its LM head: answers questions about images with `generate()`, trains with TRL's `SFTTrainer`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: SigPhiConfig):
+        super().__init__(config)
+        self.model = SigPhiModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        vision_model: str,
+        text_model: str,
+        vision_kwargs: dict | None = None,
+        vision_feature_layer: int = -1,
+        dtype: torch.dtype = torch.float32,
+        **text_kwargs,
+    ) -> tuple["SigPhiForConditionalGeneration", SigPhiProcessor]:
+        """Build SigPhi from a pretrained timm image encoder and a pretrained Phi-3 checkpoint.
+
+        The model skeleton is created on the `meta` device and the pretrained towers are put in place,
+        so memory holds each weight once; only the projector is freshly initialised (stage-1 alignment
+        trains it). Adds `<image>` to the tokenizer (resizing the embeddings only if the vocabulary has no
+        spare rows; Phi-3-mini has 53) and returns the model with a matching processor.
+
+        Args:
+            vision_model: timm name with pretrained weights, e.g. `"vit_so400m_patch14_siglip_384.webli"`.
+            text_model: Hub id or folder of a causal LM, e.g. `"microsoft/Phi-3-mini-4k-instruct"`.
+            vision_kwargs: extra `timm.create_model` arguments (`pretrained_cfg_overlay=dict(file=...)` loads
+                the weights from a local file).
+            vision_feature_layer: which vision block feeds the projector (-1: final output).
+            dtype: dtype of the whole model.
+            text_kwargs: passed to `AutoModelForCausalLM.from_pretrained` (e.g. `revision`).
+        """
+        vision_kwargs = dict(vision_kwargs or {})
+        tokenizer = AutoTokenizer.from_pretrained(text_model)
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        text_lm = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype, **text_kwargs)
+
+        tower = timm.create_model(vision_model, pretrained=True, num_classes=0, **vision_kwargs)
+        tower.reset_classifier(0, global_pool="")
+        vision_config = describe_timm_tower(tower, vision_model, {**vision_kwargs, "global_pool": ""},
+                                            vision_feature_layer)
+        config = SigPhiConfig(
+            vision_config=vision_config,
+            text_config=text_lm.config,
+            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            image_seq_length=tower.patch_embed.num_patches,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.vision_tower = tower.to(dtype)
+        model.model.language_model = text_lm.get_decoder()
+        model.lm_head = text_lm.get_output_embeddings()
+        model.model.multi_modal_projector = SigPhiMultiModalProjector(config).to(dtype)
+        model.generation_config = text_lm.generation_config
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+        if on_meta:
+            raise RuntimeError(f"from_pretrained_components left tensors without data: {on_meta[:5]}")
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        processor = SigPhiProcessor.from_vision_config(tokenizer, vision_config, config.image_seq_length)
+        return model, processor
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> nn.Module:
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def freeze_vision_tower(self, freeze: bool = True) -> None:
+        """Stop (or restart) training the image encoder, as in stage-1 alignment and QLoRA fine-tuning."""
+        self.model.vision_tower.requires_grad_(not freeze)
+
+    def freeze_language_model(self, freeze: bool = True) -> None:
+        """Stop (or restart) training the decoder and its LM head; stage-1 alignment trains the projector only."""
+        self.model.language_model.requires_grad_(not freeze)
+        self.lm_head.requires_grad_(not freeze)
+
+    def mask_ignored_labels(
+        self,
+        labels: torch.LongTensor,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.LongTensor:
+        """Ignore labels at `<image>` positions and at padding (by the attention mask, so pad == eos still trains EOS)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        ignored = self.model.get_placeholder_mask(input_ids, inputs_embeds)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            ignored = ignored | (attention_mask == 0)
+        return labels.masked_fill(ignored.to(labels.device), IGNORE_INDEX)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> SigPhiCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets aligned with `input_ids` (the loss shifts them). Positions of `<image>` tokens and
+            padding are ignored here, whatever the caller put there.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            labels = self.mask_ignored_labels(labels, input_ids, inputs_embeds, attention_mask)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+        return SigPhiCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+
+__all__ = ["SigPhiForConditionalGeneration", "SigPhiModel", "SigPhiPreTrainedModel"]

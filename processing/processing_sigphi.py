@@ -1,0 +1,124 @@
+"""Processor of SigPhi: transformers' SigLIP image processor + the Phi-3 tokenizer + a chat template.
+
+Only the processor knows how many tokens an image takes: it expands each `<image>` in the text into
+`image_seq_length` copies (through `replace_image_token`, so the base class's `__call__` keeps offsets
+and assistant masks right for TRL's `--assistant_only_loss`). It also turns any PIL image mode into RGB
+before the image processor sees it, because a 1×1 or 3-pixel-wide array is otherwise ambiguous about
+where its channels are, and palette/alpha/16-bit images would be misread.
+"""
+
+import numpy as np
+from PIL import Image
+from transformers import ProcessorMixin, SiglipImageProcessor
+from transformers.image_utils import PILImageResampling
+from transformers.processing_utils import MultiModalData
+from transformers.image_transforms import convert_to_rgb
+
+IMAGE_TOKEN = "<image>"
+
+# Phi-3's chat format. `<image>` goes where the user's message has an image; assistant turns (with their
+# closing `<|end|>`, so the model learns to stop) are wrapped in generation markers for assistant-only loss.
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- render(message['content']) + '<|end|>' -}}{%- endgeneration -%}{{- '\n' -}}"
+    "{%- else -%}{{- render(message['content']) + '<|end|>\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\n' -}}{%- endif -%}"
+)
+
+
+def to_rgb(image):
+    """A PIL image of any mode as an 8-bit RGB (H, W, 3) array, alpha composited on white.
+
+    Arrays and tensors pass through untouched: their layout is the caller's to state.
+    """
+    if not isinstance(image, Image.Image):
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16/32-bit and float greyscale: scale to 8 bits instead of clipping everything above 255 to white.
+        values = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 255.0)
+        if image.mode == "F" and values.max() <= 1.0:
+            high = 1.0
+        image = Image.fromarray(np.clip(np.round(values * 255.0 / high), 0, 255).astype(np.uint8), mode="L")
+    return convert_to_rgb(image, return_numpy=True)
+
+
+def _map_images(images, fn):
+    """Apply `fn` to every image of a possibly nested list (one list per sample), keeping the nesting."""
+    if isinstance(images, (list, tuple)):
+        return [_map_images(item, fn) for item in images]
+    return fn(images)
+
+
+def _all_pil(images) -> bool:
+    if isinstance(images, (list, tuple)):
+        return all(_all_pil(item) for item in images)
+    return isinstance(images, Image.Image)
+
+
+class SigPhiProcessor(ProcessorMixin):
+    r"""
+    Builds SigPhi inputs: `pixel_values` from the image processor and `input_ids`/`attention_mask` in which
+    every `<image>` stands for `image_seq_length` tokens.
+
+    Args:
+        image_processor (`SiglipImageProcessor`): resize + normalise, configured from the timm data config.
+        tokenizer (`PreTrainedTokenizerBase`): the decoder's tokenizer, with `<image>` as a special token.
+        image_seq_length (`int`): number of image features per image (the vision tower's patch count).
+        image_token (`str`): the placeholder string.
+        chat_template (`str`): Jinja chat template; defaults to SigPhi's Phi-3 format.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 729,
+                 image_token: str = IMAGE_TOKEN, chat_template: str | None = None):
+        self.image_seq_length = image_seq_length
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {image_token!r} token: add it with tokenizer.add_special_tokens.")
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    @classmethod
+    def from_vision_config(cls, tokenizer, vision_config, image_seq_length: int) -> "SigPhiProcessor":
+        """Build the processor for a vision tower described by a `SigPhiVisionConfig`.
+
+        SigLIP's eval transform is a plain resize (no crop) and a normalisation, which is exactly what
+        `SiglipImageProcessor` does: configured with the tower's size, mean, std and interpolation, it
+        reproduces timm's preprocessing without a hand-written transform.
+        """
+        image_processor = SiglipImageProcessor(
+            size={"height": vision_config.image_size, "width": vision_config.image_size},
+            image_mean=list(vision_config.image_mean),
+            image_std=list(vision_config.image_std),
+            resample=PILImageResampling[vision_config.resample.upper()],
+        )
+        return cls(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=image_seq_length)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
+
+    def _process_images(self, images, **kwargs):
+        if _all_pil(images):
+            images = _map_images(images, to_rgb)
+            kwargs["input_data_format"] = "channels_last"
+        return super()._process_images(images, **kwargs)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Tokens per image, as serving engines (vLLM) ask processors before they see pixels."""
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(num_image_tokens=[self.image_seq_length] * len(image_sizes),
+                              num_image_patches=[1] * len(image_sizes))
+
+
+__all__ = ["SigPhiProcessor"]

@@ -1,0 +1,1 @@
+"""User-facing steps, each runnable as `python -m train.<step> --help`."""

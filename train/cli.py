@@ -1,0 +1,21 @@
+"""Shared command-line plumbing: dataclass arguments and one-line errors for bad input (exit status 2)."""
+
+import sys
+from collections.abc import Callable
+
+from transformers import HfArgumentParser
+
+
+class InvalidInput(ValueError):
+    """Bad user input (file, row, column, value). CLIs report it in one line with exit status 2, no traceback."""
+
+
+def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = None) -> None:
+    """Parse `argument_classes` with `HfArgumentParser`, call `main(*parsed)`, turn invalid input into exit 2."""
+    parser = HfArgumentParser(argument_classes)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        main(*parsed)
+    except (InvalidInput, FileNotFoundError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
