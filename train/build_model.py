@@ -8,6 +8,8 @@ The tiny preset (timm SigLIP ViT of width 64, Phi-3 of width 128, a byte-level t
 needs no download; it is what tests, the quickstart and the contract checks use.
 """
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import timm
@@ -35,6 +37,10 @@ class BuildModelArguments:
                                                         "choices": ["tiny"]})
     vision_model: str | None = field(default=None, metadata={"help": "timm model name with pretrained weights."})
     text_model: str | None = field(default=None, metadata={"help": "Hub id or folder of a Phi-3 checkpoint."})
+    vision_kwargs: str | None = field(default=None, metadata={
+        "help": "JSON object of extra timm.create_model arguments, e.g. '{\"img_size\": 448}'."})
+    vision_weights: str | None = field(default=None, metadata={
+        "help": "Local file with the timm weights (instead of downloading them)."})
     vision_feature_layer: int = field(default=-1, metadata={"help": "Vision block feeding the projector."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype for real parts.",
                                                     "choices": ["float32", "bfloat16", "float16"]})
@@ -68,12 +74,26 @@ def build_tiny_sigphi(seed: int = 0, vision_feature_layer: int = -1
     return model, processor
 
 
+def parse_vision_kwargs(args: BuildModelArguments) -> dict:
+    try:
+        kwargs = json.loads(args.vision_kwargs) if args.vision_kwargs else {}
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"--vision_kwargs is not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(kwargs, dict):
+        raise InvalidInput("--vision_kwargs must be a JSON object, e.g. '{\"img_size\": 448}'")
+    if args.vision_weights:
+        if not os.path.isfile(args.vision_weights):
+            raise InvalidInput(f"--vision_weights: no such file {args.vision_weights}")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(args.vision_weights)}
+    return kwargs
+
+
 def main(args: BuildModelArguments) -> None:
     if args.preset == "tiny":
         model, processor = build_tiny_sigphi(args.seed, args.vision_feature_layer)
     elif args.vision_model and args.text_model:
         model, processor = SigPhiForConditionalGeneration.from_pretrained_components(
-            vision_model=args.vision_model, text_model=args.text_model,
+            vision_model=args.vision_model, text_model=args.text_model, vision_kwargs=parse_vision_kwargs(args),
             vision_feature_layer=args.vision_feature_layer, dtype=getattr(torch, args.dtype))
     else:
         raise InvalidInput("give --preset tiny, or both --vision_model and --text_model")

@@ -11,7 +11,7 @@ from processing import CHAT_TEMPLATE, IMAGE_TOKEN
 
 PAD_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|end|>"
-SPECIAL_TOKENS = [PAD_TOKEN, EOS_TOKEN, "<|user|>", "<|assistant|>", "<|system|>", IMAGE_TOKEN]
+CHAT_TOKENS = ["<|user|>", "<|assistant|>", "<|system|>"]
 
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 DEFAULT_TEXTS = [
@@ -30,15 +30,20 @@ DEFAULT_TEXTS = [
 ]
 
 
-def build_byte_level_tokenizer(texts: list[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train byte-level BPE merges on `texts` and wrap them with Phi-3-style special tokens and chat template."""
+def build_byte_level_tokenizer(texts: list[str] | None = None, vocab_size: int = 512,
+                               image_token: str | None = IMAGE_TOKEN) -> PreTrainedTokenizerFast:
+    """Train byte-level BPE merges on `texts` and wrap them with Phi-3-style special tokens and chat template.
+
+    `image_token=None` gives a text-only tokenizer, like a language model checkpoint's before SigPhi adds `<image>`.
+    """
+    special_tokens = [PAD_TOKEN, EOS_TOKEN, *CHAT_TOKENS, *([image_token] if image_token else [])]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -50,5 +55,5 @@ def build_byte_level_tokenizer(texts: list[str] | None = None, vocab_size: int =
         chat_template=CHAT_TEMPLATE,
         model_max_length=1024,
     )
-    tokenizer.add_tokens(SPECIAL_TOKENS[2:], special_tokens=True)
+    tokenizer.add_tokens(special_tokens[2:], special_tokens=True)
     return tokenizer

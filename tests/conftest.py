@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny random-weight SigPhi built locally (no network), and a Hub user's process."""
+
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.build_model import build_tiny_sigphi
+
+QUESTION = "What digit is shown in this image?"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, processor) of the tiny preset, in eval mode. Tests that change weights must build their own."""
+    model, processor = build_tiny_sigphi(seed=0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model and processor saved with `save_pretrained`, as `train.build_model` writes them."""
+    path = tmp_path_factory.mktemp("tiny-sigphi")
+    model, processor = tiny
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def random_image(seed: int, size=(37, 53)) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def chat(processor, question: str = QUESTION, n_images: int = 1, answer: str | None = None,
+         add_generation_prompt: bool = True) -> str:
+    """A chat-formatted prompt with `n_images` image slots, rendered by the processor's chat template."""
+    messages = [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": question}]}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+
+def hub_user_python(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    """Run `script` the way a Hub user's Python would: isolated (`-I`), started in `cwd`, with this venv's
+    libraries but without this project.
+
+    `-S` skips `.pth` processing, which is how the editable install of this project makes it importable;
+    the libraries' folders are then put back on `sys.path` by hand. The script first asserts that none of
+    the project's packages can be found.
+    """
+    library_paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    preamble = textwrap.dedent(f"""
+        import sys, importlib.util
+        sys.path.extend({library_paths!r})
+        for name in ("configuration", "modeling", "processing", "train"):
+            assert importlib.util.find_spec(name) is None, f"project package {{name}} is importable"
+    """)
+    path = cwd / "hub_user_script.py"
+    path.write_text(preamble + textwrap.dedent(script))
+    return subprocess.run([sys.executable, "-I", "-S", str(path), *args], cwd=cwd, capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}, timeout=600)
+
+
+@pytest.fixture
+def generate_kwargs():
+    """Greedy decoding of a fixed length, so outputs are comparable token for token."""
+    return {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+
+
+torch.set_num_threads(2)
