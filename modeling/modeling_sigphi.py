@@ -101,7 +101,8 @@ class SigPhiPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
     _no_split_modules = ["Phi3DecoderLayer", "Block", "SigPhiMultiModalProjector"]
     _skip_keys_device_placement = ["past_key_values"]
     # Kept out of bitsandbytes quantization (4-/8-bit loading quantizes every other nn.Linear); upcast in fp16.
-    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector"]
+    # Listed with and without the `model.` prefix: quantizers match names from the start of the module path.
+    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True

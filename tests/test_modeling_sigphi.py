@@ -212,3 +212,21 @@ def test_an_earlier_vision_layer_can_feed_the_projector():
     model, processor = build_tiny_sigphi(seed=5, vision_feature_layer=-2)
     features = model.get_image_features(inputs_for(processor)["pixel_values"])
     assert features.shape == (1, processor.image_seq_length, model.config.text_config.hidden_size)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kbit_loading_quantizes_the_language_model_only(tiny_dir, bits):
+    """bitsandbytes runs on CPU: the decoder's linears are quantized; tower, projector and LM head are not."""
+    from transformers import BitsAndBytesConfig
+
+    quantization = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                       bnb_4bit_compute_dtype=torch.bfloat16) if bits == 4
+                    else BitsAndBytesConfig(load_in_8bit=True))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, quantization_config=quantization,
+                                                        dtype=torch.bfloat16)
+    linear_kinds = {name: type(module).__name__ for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)}
+    quantized = {name for name, kind in linear_kinds.items() if kind != "Linear"}
+    assert quantized and all(".language_model.layers." in name for name in quantized)
+    assert all(kind == "Linear" for name, kind in linear_kinds.items()
+               if "vision_tower" in name or "multi_modal_projector" in name or name == "lm_head")

@@ -10,9 +10,16 @@ class InvalidInput(ValueError):
     """Bad user input (file, row, column, value). CLIs report it in one line with exit status 2, no traceback."""
 
 
-def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = None) -> None:
-    """Parse `argument_classes` with `HfArgumentParser`, call `main(*parsed)`, turn invalid input into exit 2."""
+def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = None,
+            positional: str | None = None) -> None:
+    """Parse `argument_classes` with `HfArgumentParser`, call `main(*parsed)`, turn invalid input into exit 2.
+
+    `positional` names a field that may also be given as the first bare word (`make_dataset digits`).
+    """
     parser = HfArgumentParser(argument_classes)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if positional and argv and not argv[0].startswith("-"):
+        argv = [f"--{positional}", *argv]
     parsed = parser.parse_args_into_dataclasses(args=argv)
     try:
         main(*parsed)
