@@ -11,12 +11,14 @@ class InvalidInput(ValueError):
 
 
 def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = None,
-            positional: str | None = None) -> None:
+            positional: str | None = None, defaults: dict | None = None) -> None:
     """Parse `argument_classes` with `HfArgumentParser`, call `main(*parsed)`, turn invalid input into exit 2.
 
-    `positional` names a field that may also be given as the first bare word (`make_dataset digits`).
+    `positional` names a field that may also be given as the first bare word (`make_dataset digits`);
+    `defaults` overrides dataclass defaults (e.g. TRL's bf16 default on a machine without a GPU).
     """
     parser = HfArgumentParser(argument_classes)
+    parser.set_defaults(**(defaults or {}))
     argv = list(sys.argv[1:] if argv is None else argv)
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}", *argv]

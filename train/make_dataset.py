@@ -2,6 +2,7 @@
 
     python -m train.make_dataset digits --output_dir data/digits              # Parquet, TRL conversational
     python -m train.make_dataset digits --output_dir data/digits --format csv # the seed's image,question,answer CSV
+    python -m train.make_dataset retrieval_vqa --output_dir data/retrieval   # multiple-choice retrieval VQA CSVs
 
 `digits` is scikit-learn's `load_digits()` (1,797 handwritten 8×8 digits) as visual question answering:
 "What digit is shown in this image?" → "7". Each image is the original 8×8 greyscale picture with values
@@ -24,7 +25,7 @@ DIGIT_QUESTION = "What digit is shown in this image?"
 
 @dataclass
 class MakeDatasetArguments:
-    dataset: str = field(metadata={"help": "Which bundled dataset to write.", "choices": ["digits"]})
+    dataset: str = field(metadata={"help": "Which bundled dataset to write.", "choices": ["digits", "retrieval_vqa"]})
     output_dir: str = field(metadata={"help": "Folder to write the dataset to."})
     format: str = field(default="parquet", metadata={"help": "parquet: TRL conversational folder; csv: seed CSV.",
                                                      "choices": ["parquet", "csv"]})
@@ -60,6 +61,13 @@ def write_csv_splits(splits: dict[str, list[tuple[int, Image.Image, str]]], ques
 
 
 def main(args: MakeDatasetArguments) -> None:
+    if args.dataset == "retrieval_vqa":
+        from train.retrieval_data import write_retrieval_vqa
+
+        sizes = write_retrieval_vqa(args.output_dir)
+        print(f"wrote retrieval_vqa (train: {sizes['train']}, test: {sizes['test']}, corpus distractors: "
+              f"{sizes['corpus']}) as seed CSVs to {args.output_dir}")
+        return
     splits = digits_splits()
     if args.format == "csv":
         write_csv_splits(splits, DIGIT_QUESTION, args.output_dir)

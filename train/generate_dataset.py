@@ -1,0 +1,275 @@
+"""Step 1 of the seed: a teacher vision-language model answers a fixed list of questions about every image.
+
+    python -m train.generate_dataset --output_dir data/teacher_vqa          # 55 CIFAR-10 test images, SmolVLM2
+    python -m train.generate_dataset --image_dir photos --questions questions.txt --output_dir data/photos_vqa
+
+Writes to `output_dir`:
+    images/                 each source image once, as PNG, under a name fixed per source image
+    data.csv                the seed's `image,question,answer` rows (image paths relative to the CSV)
+    parquet/train.parquet   the same rows in TRL conversational format, rebuilt from the CSV at the end of a run,
+                            for `datasets.load_dataset(output_dir + "/parquet")` and `trl sft --dataset_name ...`
+
+The CSV is the only record of progress, so a run can be killed at any moment (SIGKILL included) and restarted
+with the same arguments: rows are appended after each batch with flush + fsync, so at most the batch in flight
+is lost; on start the CSV is read back, a record torn by a kill mid-write is dropped, the file is rewritten
+cleanly (atomically), and the (image, question) pairs already in it are skipped.
+
+Empty teacher answers are skipped, not retried: decoding is greedy, so asking again gives the same empty answer.
+They are counted in a warning and not written, so the pair stays pending and a rerun (e.g. with a larger
+`--max_new_tokens` or another `--teacher`) asks again. Unreadable images (corrupt or zero-byte files) in
+`--image_dir` are skipped the same way and listed in a warning.
+"""
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from train.cli import InvalidInput, run_cli
+from train.data import PAIR_COLUMNS, conversation, open_image, read_pairs_file, write_parquet_splits
+
+SEED_QUESTIONS = (
+    "Can you describe this image?",
+    "Explain the purpose of image",
+    "Can you comment on size and kind of this image",
+    "Create a interesting story about this image",
+    "Elaborate the setting of the image",
+)
+
+PNG_MODES = {"1", "L", "LA", "I;16", "P", "RGB", "RGBA"}  # what Pillow can write as PNG
+# (path written in the CSV, loader raising InvalidInput for an unreadable image)
+Source = tuple[str, Callable[[], Image.Image]]
+
+
+@dataclass
+class GenerateDatasetArguments:
+    output_dir: str = field(metadata={"help": "Folder for images/, data.csv and parquet/ (reused to resume)."})
+    teacher: str = field(default="HuggingFaceTB/SmolVLM2-2.2B-Instruct", metadata={
+        "help": "Hub id or folder of any AutoModelForImageTextToText model with a chat template."})
+    image_dir: str | None = field(default=None, metadata={
+        "help": "Folder of images (searched recursively). When given, --dataset_name is not used."})
+    dataset_name: str = field(default="uoft-cs/cifar10", metadata={"help": "`datasets` image dataset (id or folder)."})
+    dataset_split: str = field(default="test", metadata={"help": "Split of --dataset_name."})
+    image_column: str = field(default="img", metadata={"help": "Image column of --dataset_name."})
+    num_images: int = field(default=55, metadata={"help": "Use the first N images of --dataset_name."})
+    questions: str | None = field(default=None, metadata={
+        "help": "A JSON list (inline or a .json file) or a text file with one question per line. "
+                "Default: the seed's five questions."})
+    batch_size: int = field(default=8, metadata={"help": "(image, question) pairs per generate call."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer, in tokens."})
+    dtype: str = field(default="auto", metadata={"help": "Teacher weights dtype; auto: bfloat16 on GPU, else float32.",
+                                                 "choices": ["auto", "float32", "bfloat16", "float16"]})
+    device: str = field(default="auto", metadata={"help": "auto: cuda if available, else cpu."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a teacher with custom code (SigPhi)."})
+
+
+def _json_questions(text: str, source: str) -> list[str]:
+    try:
+        questions = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{source}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+    if not isinstance(questions, list):
+        raise InvalidInput(f"{source}: expected a JSON list of questions")
+    for number, question in enumerate(questions, start=1):
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInput(f"{source}, item {number}: expected a non-empty string, got {question!r}")
+    return questions
+
+
+def load_questions(spec: str | None) -> list[str]:
+    """The questions, stripped and without repeats (a repeated question would give duplicate rows)."""
+    if spec is None:
+        return list(SEED_QUESTIONS)
+    source = "--questions"
+    if spec.lstrip().startswith("["):
+        questions = _json_questions(spec, source)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise InvalidInput(f"--questions {spec}: no such file (give a file or an inline JSON list)")
+        source, text = str(path), path.read_text(encoding="utf-8")
+        questions = _json_questions(text, source) if path.suffix == ".json" else text.splitlines()
+    questions = list(dict.fromkeys(q.strip() for q in questions if q.strip()))
+    if not questions:
+        raise InvalidInput(f"{source}: no questions")
+    return questions
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60] or "image"
+
+
+def folder_images(image_dir: str) -> list[Source]:
+    """Every image file under `image_dir`, sorted. The PNG name hashes the relative path, so it stays the same
+    across runs and `a.png`, `a.jpg` and `sub/a.png` do not collide."""
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise InvalidInput(f"--image_dir {root}: no such folder")
+    extensions = Image.registered_extensions()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise InvalidInput(f"--image_dir {root}: no image files in it")
+    sources = []
+    for path in files:
+        digest = hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()[:8]
+        sources.append((f"images/{_safe(path.stem)}-{digest}.png", partial(open_image, path, "--image_dir")))
+    return sources
+
+
+def dataset_images(name: str, split: str, column: str, num_images: int) -> list[Source]:
+    """The first `num_images` images of a `datasets` dataset, decoded only when their turn comes."""
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
+        raise InvalidInput(f"--dataset_name {name} (split {split}): {str(error).splitlines()[0]}") from None
+    if not isinstance(dataset.features.get(column), ImageFeature):
+        raise InvalidInput(f"--dataset_name {name}, column '{column}': no image column of that name "
+                           f"(columns: {', '.join(dataset.column_names)})")
+    dataset = dataset.select(range(min(num_images, len(dataset))))
+    prefix = f"images/{_safe(Path(name).name)}-{_safe(split)}"
+
+    def load(index: int) -> Image.Image:
+        return dataset[index][column]
+
+    return [(f"{prefix}-{index:05d}.png", partial(load, index)) for index in range(len(dataset))]
+
+
+def _csv_text(records: Iterable[Iterable[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(records)
+    return buffer.getvalue()
+
+
+def resume_csv(path: Path) -> set[tuple[str, str]]:
+    """Read back the finished rows, rewrite the CSV cleanly, and return their (image, question) keys.
+
+    Only `csv.writer` writes this file, so a complete last record re-serialises to exactly the bytes that end
+    the file; one that does not was cut by a kill mid-write (possibly inside a multi-line answer) and is dropped.
+    """
+    records = []
+    if path.exists():
+        data = path.read_bytes()
+        records = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline="")))
+        if records and not data.endswith(_csv_text(records[-1:]).encode()):
+            print(f"warning: {path}: dropped a torn last line (left by a run killed mid-write)", file=sys.stderr)
+            records.pop()
+    if records and tuple(records[0]) != PAIR_COLUMNS:
+        raise InvalidInput(f"{path}, row 0: header is {','.join(records[0])!r}, expected {','.join(PAIR_COLUMNS)!r}")
+    rows = records[1:]
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(PAIR_COLUMNS):
+            raise InvalidInput(f"{path}, row {number}: expected {len(PAIR_COLUMNS)} columns, found {len(row)}")
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        handle.write(_csv_text([PAIR_COLUMNS, *rows]))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)  # atomic: a kill leaves either the old file or the clean one
+    return {(image, question) for image, question, _ in rows}
+
+
+def load_teacher(args: GenerateDatasetArguments):
+    """(model, processor) on the chosen device, with left padding so batched prompts end where answers start."""
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    try:
+        processor = AutoProcessor.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(args.teacher, dtype=getattr(torch, dtype),
+                                                            trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, ImportError) as error:  # ImportError: e.g. SmolVLM's processor needs num2words
+        where = "" if Path(args.teacher).is_dir() else "no such folder, and as a Hub id: "
+        raise InvalidInput(f"--teacher {args.teacher}: {where}{str(error).splitlines()[0]}") from None
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return model.to(device).eval(), processor
+
+
+@torch.inference_mode()
+def answer_batch(model, processor, images: list[Image.Image], questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers through the teacher's own chat template; only the new tokens are decoded."""
+    prompts = [processor.apply_chat_template(conversation(q), add_generation_prompt=True) for q in questions]
+    inputs = processor(text=prompts, images=[[image.convert("RGB")] for image in images], padding=True,
+                       return_tensors="pt").to(model.device, dtype=model.dtype)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    return [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def pending_pairs(todo: list[tuple[str, Callable, list[str]]], output_dir: Path, unreadable: list[str],
+                  bar: tqdm) -> Iterator[tuple[str, Image.Image, str]]:
+    """(CSV image path, image, question) of every unfinished pair, one image in memory at a time.
+
+    Each image is saved before its first row can be written (atomically, so a row never points at a torn PNG).
+    """
+    for name, load, questions in todo:
+        try:
+            image = load()
+        except InvalidInput as error:
+            unreadable.append(str(error))
+            bar.update(len(questions))
+            continue
+        if image.mode not in PNG_MODES:  # e.g. a CMYK JPEG
+            image = image.convert("RGB")
+        temporary = output_dir / f"{name}.tmp"
+        image.save(temporary, format="PNG")
+        os.replace(temporary, output_dir / name)
+        for question in questions:
+            yield name, image, question
+
+
+def main(args: GenerateDatasetArguments) -> None:
+    questions = load_questions(args.questions)
+    sources = (folder_images(args.image_dir) if args.image_dir else
+               dataset_images(args.dataset_name, args.dataset_split, args.image_column, args.num_images))
+    output_dir = Path(args.output_dir)
+    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    csv_path = output_dir / "data.csv"
+    done = resume_csv(csv_path)
+    todo = [(name, load, [q for q in questions if (name, q) not in done]) for name, load in sources]
+    todo = [item for item in todo if item[2]]
+    total = sum(len(item[2]) for item in todo)
+    print(f"{csv_path}: {len(done)} rows already there, {total} (image, question) pairs to ask", file=sys.stderr)
+    unreadable, empty = [], 0
+    if todo:
+        model, processor = load_teacher(args)
+        with (open(csv_path, "a", newline="", encoding="utf-8") as handle,
+              tqdm(total=total, desc="teacher answers", unit="pair") as bar):
+            pairs = pending_pairs(todo, output_dir, unreadable, bar)
+            while batch := list(itertools.islice(pairs, args.batch_size)):
+                names, images, batch_questions = zip(*batch)
+                answers = answer_batch(model, processor, images, batch_questions, args.max_new_tokens)
+                rows = [row for row in zip(names, batch_questions, answers) if row[2]]
+                empty += len(batch) - len(rows)
+                handle.write(_csv_text(rows))
+                handle.flush()
+                os.fsync(handle.fileno())
+                bar.update(len(batch))
+    if unreadable:
+        print(f"warning: skipped {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}", file=sys.stderr)
+    if empty:
+        print(f"warning: {empty} empty teacher answer(s) not written; rerun to ask those pairs again",
+              file=sys.stderr)
+    rows = read_pairs_file(csv_path)
+    write_parquet_splits({"train": rows}, output_dir / "parquet")
+    print(f"wrote {len(rows)} rows to {csv_path} and {output_dir / 'parquet' / 'train.parquet'}")
+
+
+if __name__ == "__main__":
+    run_cli(main, GenerateDatasetArguments)

@@ -1,0 +1,266 @@
+"""Multiple-choice retrieval VQA data: the one reader and validator of the seed CSV, and the bundled task.
+
+The seed CSV has one row per question: `question_text`, `question_image` (a path relative to the CSV, may be
+empty), `answer_choices` (JSON list of strings), `label` (index into the choices) and `documents` (JSON list of
+the row's relevant documents: a string or `{"text": ...}` is a text document, `{"image": "path.png"}` an image
+document). The retrieval corpus is the union of every row's documents plus an optional JSONL file of distractor
+documents (one item per line, same format, paths relative to that file). Every value is checked here, once;
+the first bad one raises `InvalidInput` naming the file, the row (1-based, header excluded) and the column.
+
+A document is a dict `{"text": str | None, "image": PIL.Image | None}` (exactly one set), the row layout of the
+retriever's document index.
+
+The bundled task (`python -m train.make_dataset retrieval_vqa`) is built so that retrieval is necessary and
+multimodal: its answers exist only in randomly generated facts, and the right fact is found only from the image
+and the question together. See `write_retrieval_vqa`.
+"""
+
+import csv
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.cli import InvalidInput
+from train.data import open_image
+
+RETRIEVAL_COLUMNS = ("question_text", "question_image", "answer_choices", "label", "documents")
+
+
+@dataclass
+class RetrievalExample:
+    """One multiple-choice question, with the ids of its gold documents in the task's corpus."""
+
+    question: str
+    image: Image.Image | None
+    answer_choices: list[str]
+    label: int
+    gold_document_ids: list[int]
+
+
+@dataclass
+class RetrievalTask:
+    """Questions and the corpus they are answered from (`corpus[i]` is document id `i`)."""
+
+    examples: list[RetrievalExample]
+    corpus: list[dict]
+
+    def documents(self, ids: list[int]) -> list[dict]:
+        return [self.corpus[i] for i in ids]
+
+
+class _CorpusBuilder:
+    """Collects documents once each (text by its text, image by its resolved path) and hands out their ids."""
+
+    def __init__(self):
+        self.documents: list[dict] = []
+        self._ids: dict[str, int] = {}
+
+    def add(self, item, base: Path, where: str) -> int:
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict) or len(item) != 1 or not isinstance(next(iter(item.values())), str):
+            raise InvalidInput(f'{where}: a document must be a string, {{"text": "..."}} or {{"image": "path"}}, '
+                               f"got {json.dumps(item)[:80]}")
+        kind, value = next(iter(item.items()))
+        if kind not in ("text", "image") or not value.strip():
+            raise InvalidInput(f'{where}: a document must be a non-empty string, {{"text": "..."}} or '
+                               f'{{"image": "path"}}, got {json.dumps(item)[:80]}')
+        key = f"text:{value}" if kind == "text" else f"image:{(base / value).resolve()}"
+        if key not in self._ids:
+            image = open_image(base / value, where) if kind == "image" else None
+            self._ids[key] = len(self.documents)
+            self.documents.append({"text": value if kind == "text" else None, "image": image})
+        return self._ids[key]
+
+
+def _json_cell(record: dict, column: str, where: str):
+    try:
+        return json.loads(record[column])
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{where}, column '{column}': invalid JSON ({error.msg} at character {error.pos})") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in RETRIEVAL_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} "
+                               f"(expected {', '.join(RETRIEVAL_COLUMNS)})")
+        rows = list(reader)
+    if not rows:
+        raise InvalidInput(f"{path}: no rows")
+    return rows
+
+
+def _read_example(record: dict, path: Path, number: int, corpus: _CorpusBuilder) -> RetrievalExample:
+    where = f"{path}, row {number}"
+    question = (record["question_text"] or "").strip()
+    if not question:
+        raise InvalidInput(f"{where}, column 'question_text': missing or empty")
+    image_path = (record["question_image"] or "").strip()
+    image = open_image(path.parent / image_path, f"{where}, column 'question_image'") if image_path else None
+
+    choices = _json_cell(record, "answer_choices", where)
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise InvalidInput(f"{where}, column 'answer_choices': expected a JSON list of at least 2 non-empty strings")
+    try:
+        label = int(record["label"])
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{where}, column 'label': {record['label']!r} is not an integer") from None
+    if not 0 <= label < len(choices):
+        raise InvalidInput(f"{where}, column 'label': {label} is out of range for {len(choices)} answer choices "
+                           f"(0 to {len(choices) - 1})")
+
+    documents = _json_cell(record, "documents", where)
+    if not isinstance(documents, list) or not documents:
+        raise InvalidInput(f"{where}, column 'documents': expected a non-empty JSON list of documents")
+    gold = [corpus.add(item, path.parent, f"{where}, column 'documents', item {i + 1}")
+            for i, item in enumerate(documents)]
+    return RetrievalExample(question, image, choices, label, list(dict.fromkeys(gold)))
+
+
+def _add_corpus_jsonl(path: str | os.PathLike, corpus: _CorpusBuilder) -> None:
+    """Add the documents of a JSONL corpus file (one document per line) to `corpus`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"{path}, line {number}: invalid JSON ({error.msg} at character {error.pos})") from None
+        corpus.add(item, path.parent, f"{path}, line {number}")
+
+
+def load_retrieval_task(csv_path: str | os.PathLike, corpus_path: str | os.PathLike | None = None) -> RetrievalTask:
+    """Read and validate a seed CSV (and an optional distractor corpus) into questions and their corpus."""
+    path = Path(csv_path)
+    corpus = _CorpusBuilder()
+    examples = [_read_example(record, path, number, corpus)
+                for number, record in enumerate(_read_rows(path), start=1)]
+    if corpus_path is not None:
+        _add_corpus_jsonl(corpus_path, corpus)
+    return RetrievalTask(examples, corpus.documents)
+
+
+# The bundled task ------------------------------------------------------------------------------------------
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
+           "purple": (160, 60, 210), "orange": (250, 140, 20), "pink": (250, 130, 200), "cyan": (40, 210, 220)}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SYLLABLES = ("ka", "lo", "mi", "ra", "ve", "zu", "to", "sen", "dor", "bel", "qui", "nax", "po", "rin", "tal",
+             "mur", "fi", "gon", "sha", "lek", "vo", "dre", "pim", "sal")
+N_CHOICES = 4
+
+
+def catalogue_question(catalogue: str) -> str:
+    return f"In the {catalogue} catalogue, what colour is this digit?"
+
+
+def catalogue_fact(catalogue: str, digit: int, colour: str) -> str:
+    return f"In the {catalogue} catalogue, the digit {DIGIT_WORDS[digit]} is {colour}."
+
+
+ARCHIVE_QUESTION = "In the sample archive, what colour is this drawing?"
+
+
+def painted(image: Image.Image, colour: str) -> Image.Image:
+    """An 8-bit greyscale digit drawn in `colour` on black: the archive's picture of that very drawing."""
+    ink = np.asarray(image, dtype=np.float32)[..., None] / 255.0
+    return Image.fromarray(np.round(ink * np.array(COLOURS[colour], dtype=np.float32)).astype(np.uint8), mode="RGB")
+
+
+def catalogue_names(rng: random.Random, count: int) -> list[str]:
+    """`count` distinct made-up names ("Kalomi"): the byte-level tokenizers split unseen ones into syllables."""
+    names = set()
+    while len(names) < count:
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize())
+    return sorted(names, key=lambda _: rng.random())
+
+
+def _choices(rng: random.Random, answer: str) -> tuple[list[str], int]:
+    choices = rng.sample([c for c in COLOURS if c != answer], N_CHOICES - 1) + [answer]
+    rng.shuffle(choices)
+    return choices, choices.index(answer)
+
+
+def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int = 40, n_test_catalogues: int = 10,
+                        n_train_archive: int = 300, n_test_archive: int = 100, n_distractor_catalogues: int = 20,
+                        n_distractor_drawings: int = 100, seed: int = 0) -> dict[str, int]:
+    """Write `train.csv`, `test.csv`, `corpus.jsonl` and `images/` of the bundled retrieval task.
+
+    Two kinds of question, both answered only by a randomly drawn colour (so without documents a model is at
+    chance), both needing the image *and* the text to find the document among distractors:
+
+    - catalogue: "In the Kalomi catalogue, what colour is this digit?" with a handwritten digit. The gold
+      text document "In the Kalomi catalogue, the digit seven is red." sits among the same catalogue's other
+      digits (text alone is not enough) and other catalogues' sevens (the image alone is not enough).
+    - archive: "In the sample archive, what colour is this drawing?" The gold *image* document is that very
+      drawing painted in its colour, among other painted drawings of the same digit and the catalogue facts
+      about it.
+
+    Train and test use disjoint catalogues and disjoint drawings (test = `load_digits` indices divisible by 5),
+    so test facts were never seen in training. `corpus.jsonl` adds distractors from a third set of catalogues
+    and drawings, for training and evaluation alike. Returns the number of rows per file.
+    """
+    from train.make_dataset import digits_splits
+
+    rng = random.Random(seed)
+    output_dir = Path(output_dir)
+    (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    splits = digits_splits()
+    drawings = {split: rng.sample(items, len(items)) for split, items in splits.items()}
+    names = catalogue_names(rng, n_train_catalogues + n_test_catalogues + n_distractor_catalogues)
+    catalogues = {"train": names[:n_train_catalogues],
+                  "test": names[n_train_catalogues:n_train_catalogues + n_test_catalogues]}
+    n_archive = {"train": n_train_archive, "test": n_test_archive}
+
+    def save(image: Image.Image, name: str) -> str:
+        image.save(output_dir / "images" / name)
+        return f"images/{name}"
+
+    sizes = {}
+    for split in ("train", "test"):
+        by_digit = {}
+        for index, image, answer in drawings[split]:
+            by_digit.setdefault(int(answer), []).append((index, image))
+        rows = []
+        for catalogue in catalogues[split]:
+            for digit in range(10):
+                colour = rng.choice(list(COLOURS))
+                index, image = rng.choice(by_digit[digit])
+                choices, label = _choices(rng, colour)
+                rows.append([save(image, f"{index:04d}.png"), catalogue_question(catalogue), choices, label,
+                             [catalogue_fact(catalogue, digit, colour)]])
+        for index, image, _ in drawings[split][:n_archive[split]]:
+            colour = rng.choice(list(COLOURS))
+            choices, label = _choices(rng, colour)
+            rows.append([save(image, f"{index:04d}.png"), ARCHIVE_QUESTION, choices, label,
+                         [{"image": save(painted(image, colour), f"{index:04d}_{colour}.png")}]])
+        rng.shuffle(rows)
+        with open(output_dir / f"{split}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(RETRIEVAL_COLUMNS)
+            for image_path, question, choices, label, documents in rows:
+                writer.writerow([question, image_path, json.dumps(choices), label, json.dumps(documents)])
+        sizes[split] = len(rows)
+
+    distractors = [catalogue_fact(catalogue, digit, rng.choice(list(COLOURS)))
+                   for catalogue in names[n_train_catalogues + n_test_catalogues:] for digit in range(10)]
+    for index, image, _ in drawings["train"][n_train_archive:n_train_archive + n_distractor_drawings]:
+        colour = rng.choice(list(COLOURS))
+        distractors.append({"image": save(painted(image, colour), f"{index:04d}_{colour}.png")})
+    with open(output_dir / "corpus.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(item) + "\n" for item in distractors)
+    sizes["corpus"] = len(distractors)
+    return sizes
