@@ -1,0 +1,52 @@
+"""`make quickstart`'s job, end to end: real training on the bundled digits reaches the promised accuracy."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import hub_user_python
+
+ASK_DIGITS = """
+import sys, torch, numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+processor.tokenizer.padding_side = "left"
+digits = load_digits()
+indices = [i for i in range(len(digits.images)) if i % 5 == 0][:40]
+images = [[Image.fromarray(np.round(digits.images[i] * 255 / 16).astype(np.uint8))] for i in indices]
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What digit is shown in this image?"}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=[prompt] * len(indices), images=images, return_tensors="pt", padding=True)
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+print(sum(a.strip() == str(digits.target[i]) for a, i in zip(answers, indices)) / len(indices))
+"""
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    output = tmp_path_factory.mktemp("quickstart")
+    result = subprocess.run([sys.executable, "-m", "train.quickstart", "--output_dir", str(output)],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_quickstart_reaches_95_percent_on_held_out_digits(quickstart):
+    metrics = json.loads((quickstart / "metrics.json").read_text())
+    sigphi = metrics["sigphi"]
+    assert sigphi["n_test"] == 360
+    assert sigphi["test_accuracy"] >= 0.95
+    assert set(sigphi["stage_seconds"]) >= {"stage 1: align projector", "stage 2: 4bit LoRA fine-tuning"}
+
+
+def test_quickstart_model_answers_for_a_hub_user(quickstart, tmp_path):
+    result = hub_user_python(ASK_DIGITS, str(quickstart / "sigphi"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) >= 0.9
