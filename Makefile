@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench bench-quick clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ quickstart: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Regenerates BENCHMARKS.md and docs/*.png (full sizes: <= 30 min on 2 cores; quick: <= 5 min).
 bench: setup
-	$(PY) -m bench.run --output BENCHMARKS.md
+	$(PY) -m bench.run
+
+bench-quick: setup
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf outputs .pytest_cache

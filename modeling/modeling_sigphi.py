@@ -153,7 +153,8 @@ class SigPhiModel(SigPhiPreTrainedModel):
             )[0]
         return self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None,
+                             inputs_embeds: torch.Tensor | None) -> torch.Tensor:
         """(batch, seq) mask of `<image>` positions, found from `input_ids` or, without them, from the embeddings."""
         if input_ids is not None:
             return input_ids == self.config.image_token_id
@@ -177,6 +178,24 @@ class SigPhiModel(SigPhiPreTrainedModel):
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
 
+    def check_context_length(self, n_new_tokens: int, past_key_values: Cache | None) -> None:
+        """Refuse a sequence longer than the decoder's context (`text_config.max_position_embeddings`).
+
+        RoPE would otherwise run on past the positions the decoder was trained for and answer with silent
+        garbage. The check lives here, not in the processor, because every path reaches this forward (processor,
+        pipeline, TRL's fused-head training, raw `input_ids`), only the model's config knows the context, and
+        only here is the generated part of the sequence (`past_key_values`) known.
+        """
+        n_cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+        limit = self.config.text_config.max_position_embeddings
+        if n_cached + n_new_tokens > limit:
+            raise ValueError(
+                f"The sequence is {n_cached + n_new_tokens} tokens long ({n_cached} already processed, "
+                f"{n_new_tokens} new) but the model's context is {limit} tokens "
+                f"(text_config.max_position_embeddings). Shorten the prompt (each image takes "
+                f"{self.config.image_seq_length} tokens) or generate fewer new tokens."
+            )
+
     @can_return_tuple
     def forward(
         self,
@@ -190,6 +209,7 @@ class SigPhiModel(SigPhiPreTrainedModel):
     ) -> SigPhiModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        self.check_context_length((input_ids if input_ids is not None else inputs_embeds).shape[1], past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_features = None
@@ -326,8 +346,6 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None,
     ) -> torch.LongTensor:
         """Ignore labels at `<image>` positions and at padding (by the attention mask, so pad == eos still trains EOS)."""
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
         ignored = self.model.get_placeholder_mask(input_ids, inputs_embeds)
         if attention_mask is not None and attention_mask.dim() == 2:
             ignored = ignored | (attention_mask == 0)

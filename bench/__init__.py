@@ -1,0 +1,1 @@
+"""Benchmarks: SigPhi side by side with the standard transformers implementation, ratios from the same run."""

@@ -1,0 +1,187 @@
+"""Turn a benchmark results dict into BENCHMARKS.md and PNG plots (the file is generated, never hand-edited)."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "**misses target**"
+
+
+def _train_section(results: dict) -> list[str]:
+    train = results["train_step"]
+    ratio = train["ratio_sigphi_over_llava"]
+    return [
+        "## 1. Training step (fp32, CPU, same batch and shapes)", "",
+        "| model | s/step (median) | tokens/s | peak RSS (MB) | parameters | FLOPs/step |", "|---|---|---|---|---|---|",
+        *[f"| {name} | {_fmt(r['seconds_per_step'], 3)} | {_fmt(r['tokens_per_second'], 0)} | "
+          f"{_fmt(r['peak_rss_mb'], 0)} | {r['parameters']:,} | {r['flops_per_step']:.3g} |"
+          for name, r in ((n, train[n]) for n in ("sigphi", "llava"))], "",
+        f"SigPhi / Llava step time: **{_fmt(ratio, 3)}** (target ≤ 0.9: {_verdict(ratio <= 0.9)}).", "",
+    ]
+
+
+def _machine_section(results: dict) -> list[str]:
+    train = results["train_step"]
+    flops = train["sigphi"]["flops_per_step"] / train["sigphi"]["seconds_per_step"]
+    peak = results["matmul_flops_per_second"]
+    return [
+        "## 4. Machine limit", "",
+        f"SigPhi training achieves {flops / 1e9:.2f} GFLOP/s (FLOPs counted by `torch.utils.flop_counter`) against "
+        f"a measured fp32 matmul peak of {peak / 1e9:.2f} GFLOP/s: **{100 * flops / peak:.1f} %** of the machine.", "",
+    ]
+
+
+def _generation_section(results: dict) -> list[str]:
+    gen = results["generation"]
+    counts = list(gen["dynamic_cache"]["sigphi"])
+    lines = ["## 2. Greedy generation (batch 1, one image)", "",
+             "| setting | model | " + " | ".join(f"{n} new tokens (tok/s)" for n in counts) + " |",
+             "|---|---|" + "---|" * len(counts)]
+    for setting in ("dynamic_cache", "static_cache", "no_cache", "compiled_dynamic_cache"):
+        for name, by_count in gen.get(setting, {}).items():
+            cells = [_fmt(by_count[n], 1) if n in by_count else "–" for n in counts]
+            lines.append(f"| {setting.replace('_', ' ')} | {name} | " + " | ".join(cells) + " |")
+    ratios = gen["ratio_sigphi_over_llava"]
+    worst = min(ratios.values())
+    lines += ["", "SigPhi / Llava tokens/s with KV cache: " + ", ".join(
+        f"{n}: **{_fmt(r, 3)}**" for n, r in ratios.items()) + f" (target ≥ 1.0: {_verdict(worst >= 1.0)}).", ""]
+    return lines
+
+
+def _processor_section(results: dict) -> list[str]:
+    proc = results["processor"]
+    lines = ["## 3. Processor (images/s, 320×256 RGB → 224×224)", "",
+             "| image processor | processor | " + " | ".join(f"batch {n}" for n in proc["fast"]["sigphi"]) + " |",
+             "|---|---|" + "---|" * len(proc["fast"]["sigphi"])]
+    for backend in ("fast", "slow"):
+        for name in ("sigphi", "llava"):
+            lines.append(f"| {backend} | {name} | " + " | ".join(
+                _fmt(v, 1) for v in proc[backend][name].values()) + " |")
+    worst = min(proc["ratio_sigphi_over_llava"]["fast"].values())
+    lines += ["", "SigPhi / Llava processor throughput (fast image processor): " + ", ".join(
+        f"batch {n}: **{_fmt(r, 3)}**" for n, r in proc["ratio_sigphi_over_llava"]["fast"].items())
+        + f" (target ≥ 0.95: {_verdict(worst >= 0.95)}).", ""]
+    return lines
+
+
+def _quantization_section(results: dict) -> list[str]:
+    quant = results["quantization"]
+    lines = ["## 5. Quantization (language model weights, benchmark shape)", "",
+             "| precision | bytes | vs fp32 |", "|---|---|---|"]
+    fp32 = quant["bytes"]["fp32"]
+    lines += [f"| {name} | {size:,} | {size / fp32:.2f} |" for name, size in quant["bytes"].items()]
+    for key, label in (("lora_bench_shape", "benchmark shape"), ("lora_phi3_mini", "Phi-3-mini shape")):
+        lora = quant[key]
+        lines.append(f"\nLoRA r={lora['rank']} on the decoder projections, {label}: {lora['trainable']:,} trainable "
+                     f"of {lora['total']:,} ({100 * lora['fraction']:.2f} %).")
+    return lines + [""]
+
+
+def _retrieval_section(results: dict, plot_dir: str) -> list[str]:
+    lines = ["## 6. Retrieval index scaling (d = 256, top-10, single queries)", "",
+             "| data | documents | index | build (s) | p50 (ms) | p99 (ms) | recall@10 |", "|---|---|---|---|---|---|---|"]
+    for key, entry in results["retrieval"].items():
+        kind, n = key.split()
+        for row in entry["rows"]:
+            lines.append(f"| {kind} | {int(n):,} | {row['index']} | {_fmt(row['build_s'], 1)} | "
+                         f"{_fmt(row['p50_ms'], 3)} | {_fmt(row['p99_ms'], 3)} | {_fmt(row['recall_at_10'], 3)} |")
+    lines += ["", "Cheapest setting at recall@10 ≥ 0.95:", ""]
+    for key, entry in results["retrieval"].items():
+        best = entry["best_at_target"]
+        lines.append(f"- {key}: " + (f"{best['index']}, p50 {_fmt(best['p50_ms'], 3)} ms" if best else "none"))
+    largest = max((k for k in results["retrieval"] if k.startswith("clustered")), key=lambda k: int(k.split()[1]))
+    best = results["retrieval"][largest]["best_at_target"]
+    ok = best is not None and best["p50_ms"] <= 5 and int(largest.split()[1]) >= 1_000_000
+    lines += ["", f"Target at 1 M clustered documents (≤ 5 ms/query at recall@10 ≥ 0.95): {_verdict(ok)}"
+              + ("" if int(largest.split()[1]) >= 1_000_000 else " (1 M not run in this mode)") + ".",
+              "", f"![retrieval latency vs recall]({plot_dir}/retrieval.png)", ""]
+    return lines
+
+
+def _quickstart_section(results: dict) -> list[str]:
+    if "quickstart" not in results:
+        return ["## 7. Quickstart", "", "No `outputs/quickstart/metrics.json` yet: run `make quickstart` first.", ""]
+    quick = results["quickstart"]
+    lines = ["## 7. Quickstart (`make quickstart`, read from its metrics.json)", "", "| part | stage | seconds |",
+             "|---|---|---|"]
+    for part, metrics in quick.items():
+        for stage, seconds in metrics.get("stage_seconds", {}).items():
+            lines.append(f"| {part} | {stage} | {seconds} |")
+    lines.append("")
+    lines += [f"- {part}: " + ", ".join(f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}"
+                                        for k, v in metrics.items() if k not in ("stage_seconds", "model_dir"))
+              for part, metrics in quick.items()]
+    return lines + [""]
+
+
+def _gpu_section(results: dict) -> list[str]:
+    if "gpu" not in results:
+        return ["## 8. Real size on a GPU", "", "Not yet measured: no GPU machine was available. "
+                "`python -m bench.gpu` measures it (QLoRA and bf16 LoRA SFT steps of SigLIP-SO400M + Phi-3-mini, "
+                "random weights of the real shapes) and `make bench` then includes it.", ""]
+    gpu = results["gpu"]
+    lines = ["## 8. Real size on a GPU", "", f"{gpu['device']}, torch {gpu['torch']}, `python -m bench.gpu`.", "",
+             "| setting | s/step | tokens/s | peak GPU memory (GB) |", "|---|---|---|---|"]
+    for name in ("qlora_4bit", "lora_bf16"):
+        r = gpu[name]
+        lines.append(f"| {name} | {_fmt(r['seconds_per_step'], 3)} | {_fmt(r['tokens_per_second'], 0)} | "
+                     f"{_fmt(r['peak_gpu_memory_gb'], 2)} |")
+    return lines + [""]
+
+
+def _plots(results: dict, plot_dir: str) -> None:
+    os.makedirs(plot_dir, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for key, entry in results["retrieval"].items():
+        rows = [r for r in entry["rows"] if r["index"] != "flat"]
+        axis.plot([r["recall_at_10"] for r in rows], [r["p50_ms"] for r in rows], "o", label=key, alpha=0.7)
+    axis.set_xlabel("recall@10")
+    axis.set_ylabel("p50 latency (ms)")
+    axis.set_yscale("log")
+    axis.axvline(0.95, color="grey", linestyle="--")
+    axis.legend(fontsize=7)
+    axis.set_title("FAISS indexes: latency vs recall")
+    figure.tight_layout()
+    figure.savefig(os.path.join(plot_dir, "retrieval.png"), dpi=110)
+    plt.close(figure)
+
+    gen = results["generation"]["dynamic_cache"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, by_count in gen.items():
+        axis.plot([int(n) for n in by_count], list(by_count.values()), "o-", label=name)
+    axis.set_xlabel("new tokens")
+    axis.set_ylabel("tokens/s (KV cache)")
+    axis.legend()
+    axis.set_title("Greedy generation, SigPhi vs Llava")
+    figure.tight_layout()
+    figure.savefig(os.path.join(plot_dir, "generation.png"), dpi=110)
+    plt.close(figure)
+
+
+def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
+    machine = results["machine"]
+    header = [
+        "# Benchmarks", "",
+        "Generated by `bench/run.py` — do not edit by hand. SigPhi against transformers' own "
+        "`LlavaForConditionalGeneration` built to identical shapes; ratios are measured in the same run "
+        "(absolute times on shared machines are noisy, ratios are what count).", "",
+        f"- command: `{results['command']}` ({results['mode']} sizes), {results['date']}",
+        f"- machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']}, "
+        f"{machine['threads']} threads, Python {machine['python']}",
+        f"- section wall times (s): {results.get('section_seconds', {})}", "",
+    ]
+    body = (_train_section(results) + _generation_section(results) + ["![generation](docs/generation.png)", ""]
+            + _processor_section(results) + _machine_section(results) + _quantization_section(results)
+            + _retrieval_section(results, plot_dir) + _quickstart_section(results) + _gpu_section(results))
+    _plots(results, plot_dir)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(header + body) + "\n")

@@ -1,0 +1,81 @@
+"""Run the benchmarks and regenerate BENCHMARKS.md and the plots in docs/ (never edit those by hand).
+
+    python -m bench.run                 # `make bench`: full sizes (≤ 30 min on 2 cores)
+    python -m bench.run --quick         # `make bench-quick`: small sizes (≤ 5 min)
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import torch
+
+from bench import generation, processor, quantization, retrieval, train_step
+from bench.measure import matmul_flops_per_second
+from bench.report import write_report
+
+SETTINGS = {
+    "quick": {"shape": "quick", "train_repeats": 3, "new_tokens": (32, 128), "gen_repeats": 2,
+              "batches": (1, 8, 32), "proc_repeats": 3, "retrieval_sizes": (10_000,), "compile": False},
+    "full": {"shape": "full", "train_repeats": 5, "new_tokens": (32, 128, 256), "gen_repeats": 3,
+             "batches": (1, 8, 32), "proc_repeats": 5, "retrieval_sizes": (10_000, 100_000, 1_000_000),
+             "compile": True},
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def timed(results: dict, name: str, fn, *args):
+    start = time.perf_counter()
+    print(f"== {name} ...", flush=True)
+    results[name] = fn(*args)
+    results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--quickstart_metrics", default="outputs/quickstart/metrics.json")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
+    command = "make bench-quick" if args.quick else "make bench"
+    results: dict = {"mode": mode, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "machine": machine(), "argv": sys.argv}
+
+    timed(results, "matmul_flops_per_second", matmul_flops_per_second)
+    timed(results, "train_step", train_step.run, settings["shape"], settings["train_repeats"])
+    timed(results, "generation", generation.run, settings["shape"], settings["new_tokens"], settings["gen_repeats"],
+          settings["compile"])
+    timed(results, "processor", processor.run, settings["batches"], settings["proc_repeats"])
+    with tempfile.TemporaryDirectory() as folder:
+        timed(results, "quantization", quantization.run, settings["shape"], folder)
+    timed(results, "retrieval", retrieval.run, settings["retrieval_sizes"])
+    if os.path.exists(args.quickstart_metrics):
+        with open(args.quickstart_metrics) as handle:
+            results["quickstart"] = json.load(handle)
+    if os.path.exists("bench/gpu_results.json"):
+        with open("bench/gpu_results.json") as handle:
+            results["gpu"] = json.load(handle)
+
+    os.makedirs("bench/results", exist_ok=True)
+    with open(f"bench/results/{mode}.json", "w") as handle:
+        json.dump(results, handle, indent=2)
+    write_report(results, args.output, plot_dir="docs")
+    print(f"wrote {args.output} and bench/results/{mode}.json")
+
+
+if __name__ == "__main__":
+    main()
