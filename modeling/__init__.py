@@ -27,3 +27,27 @@ SigPhiForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToT
 SigPhiProcessor.register_for_auto_class()
 
 __all__ = ["SigPhiForConditionalGeneration", "SigPhiModel", "SigPhiPreTrainedModel"]
+
+# Retriever-generator (multiple-choice VQA): a multimodal retriever and a generator (SigPhi by default).
+from configuration import MultimodalRetrieverConfig, RetrieverGeneratorConfig
+from processing import MultimodalRetrieverProcessor, RetrieverGeneratorProcessor
+
+from .document_index import DocumentIndex
+from .modeling_retriever import MultimodalRetrieverModel, MultimodalRetrieverPreTrainedModel
+from .modeling_retriever_generator import RetrieverGeneratorForMultipleChoice, RetrieverGeneratorPreTrainedModel
+
+AutoConfig.register("multimodal_retriever", MultimodalRetrieverConfig, exist_ok=True)
+AutoConfig.register("retriever_generator", RetrieverGeneratorConfig, exist_ok=True)
+AutoModel.register(MultimodalRetrieverConfig, MultimodalRetrieverModel, exist_ok=True)
+AutoModel.register(RetrieverGeneratorConfig, RetrieverGeneratorForMultipleChoice, exist_ok=True)
+AutoProcessor.register(MultimodalRetrieverConfig, MultimodalRetrieverProcessor, exist_ok=True)
+AutoProcessor.register(RetrieverGeneratorConfig, RetrieverGeneratorProcessor, exist_ok=True)
+
+MultimodalRetrieverConfig.register_for_auto_class()
+RetrieverGeneratorConfig.register_for_auto_class()
+MultimodalRetrieverModel.register_for_auto_class("AutoModel")
+RetrieverGeneratorForMultipleChoice.register_for_auto_class("AutoModel")
+MultimodalRetrieverProcessor.register_for_auto_class()
+
+__all__ += ["DocumentIndex", "MultimodalRetrieverModel", "MultimodalRetrieverPreTrainedModel",
+            "RetrieverGeneratorForMultipleChoice", "RetrieverGeneratorPreTrainedModel"]

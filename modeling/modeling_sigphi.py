@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import timm
 import torch
 from torch import nn
-from tokenizers import AddedToken
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import (AddedToken, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin,
+                          PreTrainedModel)
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput

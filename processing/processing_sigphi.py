@@ -43,6 +43,10 @@ def to_rgb(image):
     """
     if not isinstance(image, Image.Image):
         return image
+    if 0 in image.size:  # otherwise a reshape deep in the image processor fails with an unrelated message
+        raise ValueError(f"An image of {image.width}×{image.height} pixels is empty: images need at least 1×1.")
+    if image.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+        image = image.convert("LA")
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         # 16/32-bit and float greyscale: scale to 8 bits instead of clipping everything above 255 to white.
         values = np.asarray(image, dtype=np.float64)
@@ -58,6 +62,11 @@ def _map_images(images, fn):
     if isinstance(images, (list, tuple)):
         return [_map_images(item, fn) for item in images]
     return fn(images)
+
+
+def _is_one_list_per_sample(images, n_samples: int) -> bool:
+    return (isinstance(images, (list, tuple)) and len(images) == n_samples
+            and all(isinstance(item, (list, tuple)) for item in images))
 
 
 def _all_pil(images) -> bool:
@@ -103,6 +112,19 @@ class SigPhiProcessor(ProcessorMixin):
             resample=PILImageResampling[vision_config.resample.upper()],
         )
         return cls(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=image_seq_length)
+
+    def validate_inputs(self, images=None, text=None, **kwargs):
+        """The base class's checks (total placeholders == total images), then the same sample by sample when the
+        images come as one list per sample (as TRL's collator and `train.evaluate` pass them): with equal totals
+        an image would otherwise silently feed another sample's placeholder."""
+        super().validate_inputs(images=images, text=text, **kwargs)
+        if not (isinstance(text, list) and _is_one_list_per_sample(images, len(text))):
+            return
+        for index, (sample, sample_images) in enumerate(zip(text, images)):
+            n_placeholders = sample.count(self.image_token)
+            if n_placeholders != len(sample_images):
+                raise ValueError(f"Sample {index} of the batch has {n_placeholders} {self.image_token} tokens and "
+                                 f"{len(sample_images)} images: each placeholder takes one image of its own sample.")
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length

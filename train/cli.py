@@ -22,8 +22,11 @@ def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}", *argv]
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    # Unknown arguments come back here instead of as HfArgumentParser's ValueError (a traceback).
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     try:
+        if unknown:
+            raise InvalidInput(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
         main(*parsed)
     except (InvalidInput, FileNotFoundError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -11,12 +11,14 @@ same keys are read here too, and validated here only: a bad row is reported by f
 """
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from processing import IMAGE_TOKEN
 from train.cli import InvalidInput
 
 PAIR_COLUMNS = ("image", "question", "answer")
@@ -71,25 +73,51 @@ def open_image(path: Path, where: str) -> Image.Image:
         raise InvalidInput(f"{where}: cannot read image {path} ({error})") from None
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, newlines untouched (the CSV reader handles them), or `InvalidInput` if it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                           "save it as UTF-8") from None
+
+
+def _json_value(text: str, where: str, first_line: int = 1):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{where}: invalid JSON at line {first_line + error.lineno - 1}, column {error.colno}: "
+                           f"{error.msg}") from None
+
+
 def _records_from_file(path: Path) -> list[dict]:
     """Raw records of a CSV, JSON (list of objects) or JSONL file, with a clear error for malformed files."""
+    text = _read_text(path)
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(PAIR_COLUMNS)})")
-            return list(reader)
-    try:
-        if path.suffix == ".jsonl":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(PAIR_COLUMNS)})")
+        records = []
+        try:
+            records.extend(reader)
+        except csv.Error as error:  # e.g. a cell over csv.field_size_limit()
+            raise InvalidInput(f"{path}, row {len(records) + 1}: {error}") from None
+        return records
+    if path.suffix == ".jsonl":
+        return [_json_value(line, str(path), number) for number, line in enumerate(text.splitlines(), start=1)
+                if line.strip()]
+    records = _json_value(text, str(path))
     if not isinstance(records, list):
         raise InvalidInput(f"{path}: expected a JSON list of objects with keys {', '.join(PAIR_COLUMNS)}")
     return records
+
+
+def _require_text(value, where: str) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidInput(f"{where}: missing or empty")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: expected text, got {type(value).__name__} {json.dumps(value)[:40]}")
 
 
 def read_pairs_file(path: str | os.PathLike) -> list[dict]:
@@ -106,9 +134,12 @@ def read_pairs_file(path: str | os.PathLike) -> list[dict]:
         if not isinstance(record, dict):
             raise InvalidInput(f"{path}, row {number}: expected an object with keys {', '.join(PAIR_COLUMNS)}")
         for column in PAIR_COLUMNS:
-            value = record.get(column)
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidInput(f"{path}, row {number}, column '{column}': missing or empty")
+            _require_text(record.get(column), f"{path}, row {number}, column '{column}'")
+        for column in ("question", "answer"):
+            # `conversation` places the image itself: one more placeholder would outnumber the row's one image.
+            if IMAGE_TOKEN in record[column]:
+                raise InvalidInput(f"{path}, row {number}, column '{column}': contains the image placeholder "
+                                   f"{IMAGE_TOKEN!r}; the image is placed before the question by itself")
         image = open_image(path.parent / record["image"], f"{path}, row {number}, column 'image'")
         rows.append(conversation_row(image, record["question"].strip(), record["answer"].strip()))
     if not rows:
@@ -129,5 +160,26 @@ def load_conversations(source: str | os.PathLike, split: str = "train"):
         missing = [c for c in ("messages", "images") if c not in dataset.column_names]
         if missing:
             raise InvalidInput(f"{files[split]}: missing column(s) {', '.join(missing)}")
+        _check_image_placeholders(dataset, files[split])
         return dataset
     return Dataset.from_list(read_pairs_file(source)).cast_column("images", _image_list_feature())
+
+
+def _count_placeholders(content) -> int:
+    """Image placeholders in one message's content: image parts, and any `<image>` typed into its text."""
+    if isinstance(content, str):
+        return content.count(IMAGE_TOKEN)
+    return sum(1 if part["type"] == "image" else (part.get("text") or "").count(IMAGE_TOKEN) for part in content)
+
+
+def _check_image_placeholders(dataset, path: str) -> None:
+    """Every row needs one image per placeholder; otherwise TRL's collator stops mid-training with the processor's
+    error, which names no row. Image counts come from the Arrow lists, so no image is decoded here."""
+    import pyarrow.compute as pc
+
+    n_images = pc.list_value_length(dataset.data.column("images")).fill_null(0).to_pylist()
+    for number, (row, images) in enumerate(zip(dataset.select_columns(["messages"]), n_images), start=1):
+        placeholders = sum(_count_placeholders(message["content"]) for message in row["messages"])
+        if placeholders != images:
+            raise InvalidInput(f"{path}, row {number}, column 'messages': {placeholders} image placeholder(s) for "
+                               f"{images} image(s) in column 'images'")

@@ -194,7 +194,7 @@ def _choices(rng: random.Random, answer: str) -> tuple[list[str], int]:
     return choices, choices.index(answer)
 
 
-def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int = 40, n_test_catalogues: int = 10,
+def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int = 150, n_test_catalogues: int = 10,
                         n_train_archive: int = 300, n_test_archive: int = 100, n_distractor_catalogues: int = 20,
                         n_distractor_drawings: int = 100, seed: int = 0) -> dict[str, int]:
     """Write `train.csv`, `test.csv`, `corpus.jsonl` and `images/` of the bundled retrieval task.
@@ -210,8 +210,8 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
       about it.
 
     Train and test use disjoint catalogues and disjoint drawings (test = `load_digits` indices divisible by 5),
-    so test facts were never seen in training. `corpus.jsonl` adds distractors from a third set of catalogues
-    and drawings, for training and evaluation alike. Returns the number of rows per file.
+    so test facts were never seen in training; catalogue questions show drawings no archive picture shows.
+    `corpus.jsonl` adds distractors from a third set of catalogues and drawings, for training and evaluation alike. Returns the number of rows per file.
     """
     from train.make_dataset import digits_splits
 
@@ -231,8 +231,9 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
 
     sizes = {}
     for split in ("train", "test"):
-        by_digit = {}
-        for index, image, answer in drawings[split]:
+        painted_drawings = n_archive[split] + (n_distractor_drawings if split == "train" else 0)
+        by_digit = {}  # the drawings no archive picture shows, by digit
+        for index, image, answer in drawings[split][painted_drawings:]:
             by_digit.setdefault(int(answer), []).append((index, image))
         rows = []
         for catalogue in catalogues[split]:

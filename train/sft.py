@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import BitsAndBytesConfig
+from transformers import BitsAndBytesConfig, set_seed
 from trl import SFTConfig
 
 from train.cli import InvalidInput, run_cli
@@ -71,6 +71,7 @@ def prepare_qlora_model(args: SFTArguments, training_args: SFTConfig):
 
 def main(args: SFTArguments, training_args: SFTConfig) -> None:
     train_dataset = load_conversations(args.dataset, args.train_split)
+    set_seed(training_args.seed)  # LoRA's random initialisation happens before the trainer seeds anything
     model, processor = prepare_qlora_model(args, training_args)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"stage 2: {args.quantization} decoder, training {trainable:,} of {total:,} parameters "

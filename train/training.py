@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling  # noqa: F401  (registers SigPhi with the Auto classes)
+from train.cli import InvalidInput
 
 # LoRA on the decoder's attention and MLP projections only: `q_proj`-style names would also match
 # the vision tower's attention, so the regex is anchored on `language_model` (PEFT: one string = a regex).
@@ -39,9 +40,19 @@ def _tensorboard_installed() -> bool:
 
 
 def load_sigphi(path: str, **kwargs):
-    """(model, processor) from a SigPhi folder (a saved one or a Hub id), through the Auto classes."""
-    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, **kwargs)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    """(model, processor) from a SigPhi folder (a saved one or a Hub id), through the Auto classes.
+
+    A path that holds no model is invalid input (a one-line error, exit status 2): transformers reports missing
+    folders, files and Hub repos as `OSError`, and a folder without `config.json` as a confusing `ValueError`.
+    """
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise InvalidInput(f"{path}: no config.json, so not a saved model folder")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    except OSError as error:
+        reason = str(error).splitlines()[0]
+        raise InvalidInput(f"{path}: neither a model folder nor a reachable Hub repo ({reason})") from None
     return model, processor
 
 
