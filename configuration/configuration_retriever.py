@@ -1,0 +1,66 @@
+"""Configuration of the multimodal retriever: a dual encoder that puts queries (image + question) and documents
+(texts or images) in one embedding space.
+
+Like SigLIP, it has a text tower (a transformers text encoder, described by a sub-config so any encoder with a
+config class works: SigLIP's text model for real use, a 2-layer one for tiny models) and an image tower (a timm
+model, stored as its name and keyword arguments so it rebuilds without downloads: a SigLIP ViT for real use, a
+small CNN for tiny models). Both towers serve queries and documents alike.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+RETRIEVAL_LOSSES = ("infonce", "sigmoid")
+TEXT_POOLINGS = ("mean", "pooler")
+
+
+class MultimodalRetrieverConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MultimodalRetrieverModel`].
+
+    Args:
+        text_config (`PreTrainedConfig` or `dict`): the text encoder (default: SigLIP's, `siglip_text_model`).
+        image_model_name (`str`): timm architecture of the image tower, e.g. `"vit_so400m_patch14_siglip_384"`.
+        image_model_kwargs (`dict`): extra `timm.create_model` arguments rebuilding the exact architecture;
+            `num_classes=0` is always added (the tower returns its pooled features).
+        image_size (`int`): square input resolution of the image tower.
+        image_mean, image_std (`list[float]`): normalisation the image tower expects.
+        projection_dim (`int`): width of the shared embedding space.
+        text_pooling (`str`): `"mean"` (masked mean of the last hidden states; for encoders trained from scratch)
+            or `"pooler"` (the encoder's own pooled output, as SigLIP was trained).
+        loss_type (`str`): `"infonce"` (softmax over the candidate documents, several positives allowed) or
+            `"sigmoid"` (SigLIP's independent binary loss per query-document pair).
+        logit_scale_init (`float`): initial log temperature multiplying cosine similarities.
+        logit_bias_init (`float`): initial bias of the sigmoid loss (SigLIP starts at -10: most pairs are negative).
+    """
+
+    model_type = "multimodal_retriever"
+    # Defaults: SigLIP-SO400M's text model, the partner of the default image tower.
+    sub_configs_defaults = {"text_config": SubConfigSpec(
+        config_class=AutoConfig, model_type="siglip_text_model",
+        init_kwargs={"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+                     "bos_token_id": None, "eos_token_id": 1, "pad_token_id": 1})}
+
+    text_config: dict | PreTrainedConfig | None = None
+    image_model_name: str = "vit_so400m_patch14_siglip_384"
+    image_model_kwargs: dict | None = None
+    image_size: int = 384
+    image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
+    projection_dim: int = 1152
+    text_pooling: str = "pooler"
+    loss_type: str = "infonce"
+    logit_scale_init: float = 2.6592
+    logit_bias_init: float = -10.0
+
+    def __post_init__(self, **kwargs):
+        self.image_model_kwargs = {**(self.image_model_kwargs or {}), "num_classes": 0}
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+        if self.loss_type not in RETRIEVAL_LOSSES:
+            raise ValueError(f"loss_type must be one of {RETRIEVAL_LOSSES}, got {self.loss_type!r}")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["MultimodalRetrieverConfig"]

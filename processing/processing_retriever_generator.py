@@ -1,0 +1,171 @@
+"""Processors of the retriever-generator: the retriever's (queries and documents to tensors) and the bundle of
+the retriever's and the generator's processors that builds the generator's prompts from retrieved documents.
+
+`MultimodalRetrieverProcessor` follows ColPali's processor: `process_queries` and `process_documents` instead of
+one `__call__`, because a query (question + optional image) and a batch of mixed text and image documents need
+different tensors. `RetrieverGeneratorProcessor` is a plain bundle saved as two subfolders, like transformers'
+`RagTokenizer`: each half stays loadable with `AutoProcessor` on its own.
+
+The generator's prompt is chat-formatted by the generator's own processor, so the same code serves SigPhi and
+Llama-3.2-Vision (Mllama): the user turn holds the documents (text documents as text, image documents as extra
+images, each wrapped in the document template), then the question's image and the question.
+"""
+
+import os
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin, SiglipImageProcessor
+
+from .processing_sigphi import to_rgb
+
+DOCUMENT_PLACEHOLDER = "{document}"
+IGNORE_INDEX = -100
+
+
+def assistant_message(answer: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": answer}]}
+
+
+class MultimodalRetrieverProcessor(ProcessorMixin):
+    r"""
+    Turns queries and documents into [`MultimodalRetrieverModel`] inputs.
+
+    Args:
+        image_processor (`SiglipImageProcessor`): resize + normalise to the image tower's input.
+        tokenizer (`PreTrainedTokenizerBase`): the text tower's tokenizer.
+        max_length (`int`): texts are truncated to this many tokens.
+        pad_to_max_length (`bool`): pad every text to `max_length` (SigLIP's text model was trained so, and its
+            pooled output is the last position) instead of to the longest text of the batch.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, max_length: int = 64, pad_to_max_length: bool = False):
+        self.max_length = max_length
+        self.pad_to_max_length = pad_to_max_length
+        super().__init__(image_processor, tokenizer)
+
+    @classmethod
+    def from_retriever_config(cls, tokenizer, config, **kwargs) -> "MultimodalRetrieverProcessor":
+        """A processor whose image processor matches the image tower described by a `MultimodalRetrieverConfig`."""
+        image_processor = SiglipImageProcessor(size={"height": config.image_size, "width": config.image_size},
+                                               image_mean=list(config.image_mean), image_std=list(config.image_std))
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+    def _tokenize(self, texts: list[str]) -> dict:
+        return self.tokenizer(texts, padding="max_length" if self.pad_to_max_length else "longest", truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+
+    def _pixel_values(self, images: list) -> torch.Tensor:
+        """(n, 3, H, W) from PIL images of any mode."""
+        return self.image_processor([to_rgb(image) for image in images], return_tensors="pt",
+                                    input_data_format="channels_last")["pixel_values"]
+
+    def process_queries(self, texts: list[str], images: list | None = None) -> BatchFeature:
+        """`input_ids`, `attention_mask` and, when any query has an image, `pixel_values` (a blank image fills the
+        slot of a query without one) and `query_image_mask` (False for those blanks)."""
+        features = dict(self._tokenize(texts))
+        if images is not None and any(image is not None for image in images):
+            blank = Image.new("RGB", (1, 1))
+            features["pixel_values"] = self._pixel_values([blank if image is None else image for image in images])
+            features["query_image_mask"] = torch.tensor([image is not None for image in images])
+        return BatchFeature(features)
+
+    def process_documents(self, documents: list[dict]) -> BatchFeature:
+        """`document_is_image` (n_docs,) and the text documents' `input_ids`/`attention_mask` and the image
+        documents' `pixel_values`, each kind in document order."""
+        is_image = [document.get("image") is not None for document in documents]
+        features = {"document_is_image": torch.tensor(is_image, dtype=torch.bool)}
+        texts = [document["text"] for document, image in zip(documents, is_image) if not image]
+        if texts:
+            features.update(self._tokenize(texts))
+        if any(is_image):
+            features["pixel_values"] = self._pixel_values(
+                [document["image"] for document, image in zip(documents, is_image) if image])
+        return BatchFeature(features)
+
+
+class RetrieverGeneratorProcessor:
+    """The retriever's and the generator's processors, and the generator prompts built from documents.
+
+    Saved as `retriever/` and `generator/` subfolders of a folder (the layout of a saved retriever-generator).
+    """
+
+    def __init__(self, retriever_processor: MultimodalRetrieverProcessor, generator_processor: ProcessorMixin):
+        self.retriever_processor = retriever_processor
+        self.generator_processor = generator_processor
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        self.retriever_processor.save_pretrained(os.path.join(save_directory, "retriever"))
+        self.generator_processor.save_pretrained(os.path.join(save_directory, "generator"))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        **kwargs) -> "RetrieverGeneratorProcessor":
+        """Both processors of a saved retriever-generator (`AutoProcessor.from_pretrained` on the folder ends here)."""
+        return cls(AutoProcessor.from_pretrained(pretrained_model_name_or_path, subfolder="retriever", **kwargs),
+                   AutoProcessor.from_pretrained(pretrained_model_name_or_path, subfolder="generator", **kwargs))
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Nothing to do: the retriever-generator's `config.json` maps `AutoProcessor` to this class."""
+
+    @staticmethod
+    def conversation(question: str, image: Image.Image | None, documents: list[dict], document_template: str,
+                     answer: str | None = None) -> tuple[list[dict], list[Image.Image]]:
+        """Chat messages and the images they refer to, in order: documents, then the question's image and text.
+
+        A text document is `document_template` with `{document}` replaced by its text; an image document is
+        the template with an image in that place.
+        """
+        before, after = document_template.split(DOCUMENT_PLACEHOLDER)
+        content, images = [], []
+        for document in documents:
+            if document.get("image") is not None:
+                content += [{"type": "text", "text": before}, {"type": "image"}, {"type": "text", "text": after}]
+                images.append(document["image"])
+            else:
+                content.append({"type": "text", "text": before + document["text"] + after})
+        if image is not None:
+            content.append({"type": "image"})
+            images.append(image)
+        content.append({"type": "text", "text": question})
+        messages = [{"role": "user", "content": [item for item in content if item.get("text") != ""]}]
+        if answer is not None:
+            messages.append(assistant_message(answer))
+        return messages, images
+
+    def _process(self, texts: list[str], images: list[Image.Image]) -> BatchFeature:
+        images = [[to_rgb(image) for image in images]] * len(texts) if images else None
+        return self.generator_processor(text=texts, images=images, padding=True, padding_side="right",
+                                        return_tensors="pt")
+
+    def generation_inputs(self, question: str, image: Image.Image | None, documents: list[dict],
+                          document_template: str) -> BatchFeature:
+        """Generator inputs of one prompt ending where the assistant's answer starts."""
+        messages, images = self.conversation(question, image, documents, document_template)
+        prompt = self.generator_processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self._process([prompt], images)
+
+    def choice_inputs(self, question: str, image: Image.Image | None, documents: list[dict], choices: list[str],
+                      document_template: str) -> BatchFeature:
+        """Generator inputs of `len(choices)` sequences, prompt + one answer choice each, right-padded, with
+        `choice_labels`: the input ids at the choice's tokens (its text and the end of the turn), -100 elsewhere.
+        """
+        messages, images = self.conversation(question, image, documents, document_template)
+        prompt = self.generator_processor.apply_chat_template(messages, add_generation_prompt=True)
+        texts = [self.generator_processor.apply_chat_template(messages + [assistant_message(choice)])
+                 for choice in choices]
+        if not all(text.startswith(prompt) for text in texts):
+            raise ValueError("The chat template renders an answer after something other than the generation prompt.")
+        prompt_ids = self._process([prompt], images)["input_ids"][0]
+        inputs = self._process(texts, images)
+        n_prompt = len(prompt_ids)
+        if not torch.equal(inputs["input_ids"][:, :n_prompt], prompt_ids.expand(len(choices), -1)):
+            raise ValueError("The answer choices change how the prompt is tokenized; end the prompt with a separator.")
+        choice_labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
+        choice_labels[:, :n_prompt] = IGNORE_INDEX
+        inputs["choice_labels"] = choice_labels
+        return inputs
+
+
+__all__ = ["MultimodalRetrieverProcessor", "RetrieverGeneratorProcessor"]

@@ -1,0 +1,122 @@
+"""Training the multimodal retriever with transformers' `Trainer`, and measuring how well it ranks.
+
+Each batch holds its queries, their gold documents and, per query, hard negatives: the documents the current
+model ranks highest that are not gold, mined from the whole training corpus at the start of every epoch (as in
+ANCE). Every document of the batch is a candidate for every query, so the in-batch golds of other queries are
+negatives too. The model's own `forward` computes the loss, so the stock `Trainer` needs no subclass.
+"""
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from train.retrieval_data import RetrievalTask
+
+
+def rank_documents(retriever, processor, task: RetrievalTask, k: int) -> np.ndarray:
+    """(n_examples, k) ids of the corpus documents the retriever ranks highest for each question, best first.
+
+    Builds (or rebuilds) the retriever's document index on `task.corpus`.
+    """
+    retriever.build_document_index(task.corpus, processor)
+    query_embeds = retriever.embed_queries([e.question for e in task.examples], [e.image for e in task.examples],
+                                           processor)
+    return retriever.retrieve(query_embeds, k)[1].numpy()
+
+
+def ranking_metrics(ranked_ids: np.ndarray, task: RetrievalTask) -> dict[str, float]:
+    """Recall@1, recall@5 (a gold document among the top k) and mean reciprocal rank of the first gold document
+    (0 when none is among the ranked ids)."""
+    first_gold_rank = []
+    for ids, example in zip(ranked_ids, task.examples):
+        hits = np.flatnonzero(np.isin(ids, example.gold_document_ids))
+        first_gold_rank.append(hits[0] + 1 if len(hits) else np.inf)
+    ranks = np.array(first_gold_rank)
+    return {"retriever_recall_at_1": float(np.mean(ranks <= 1)), "retriever_recall_at_5": float(np.mean(ranks <= 5)),
+            "retriever_mrr": float(np.mean(1.0 / ranks))}
+
+
+class HardNegativeMiner(TrainerCallback):
+    """Keeps, per training question, the `n_negatives` non-gold documents the model currently ranks highest.
+
+    Mined with the model as it is at the start of each epoch; before training they are random documents.
+    """
+
+    def __init__(self, task: RetrievalTask, processor, n_negatives: int, seed: int = 0):
+        self.task, self.processor, self.n_negatives = task, processor, n_negatives
+        rng = np.random.default_rng(seed)
+        self.negatives = [self._exclude_gold(rng.permutation(len(task.corpus)), example)
+                          for example in task.examples]
+
+    def _exclude_gold(self, ranked_ids: np.ndarray, example) -> list[int]:
+        return [int(i) for i in ranked_ids if i not in example.gold_document_ids][:self.n_negatives]
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        if state.epoch == 0:
+            return
+        model.eval()
+        k = self.n_negatives + max(len(example.gold_document_ids) for example in self.task.examples)
+        ranked = rank_documents(model, self.processor, self.task, k)
+        model.set_document_index(None)
+        model.train()
+        self.negatives = [self._exclude_gold(ids, example) for ids, example in zip(ranked, self.task.examples)]
+
+
+def image_augmentation(max_shift: float = 0.1, max_degrees: float = 10.0) -> Callable:
+    """Small random shifts, rotations and zooms: the same drawing seldom comes twice at the same spot."""
+    from torchvision.transforms import v2
+
+    return v2.RandomAffine(degrees=max_degrees, translate=(max_shift, max_shift), scale=(1 - max_shift, 1 + max_shift),
+                           interpolation=v2.InterpolationMode.BILINEAR)
+
+
+class RetrievalCollator:
+    """Batch of example ids -> queries, the union of their gold documents and hard negatives, and labels
+    (n_queries, n_documents) marking each query's gold documents.
+
+    `augment` transforms a question's image unless one of its gold documents is an image: finding the very
+    picture needs its exact pixels, finding what it shows (a digit) must not.
+    """
+
+    def __init__(self, task: RetrievalTask, processor, miner: HardNegativeMiner, augment: Callable | None = None):
+        self.task, self.processor, self.miner, self.augment = task, processor, miner, augment
+
+    def query_image(self, example):
+        if self.augment is None or example.image is None or any(
+                self.task.corpus[i]["image"] is not None for i in example.gold_document_ids):
+            return example.image
+        return self.augment(example.image)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        examples = [self.task.examples[row["example_id"]] for row in rows]
+        document_ids = list(dict.fromkeys(
+            [i for row, example in zip(rows, examples)
+             for i in (*example.gold_document_ids, *self.miner.negatives[row["example_id"]])]))
+        queries = self.processor.process_queries([e.question for e in examples],
+                                                 [self.query_image(e) for e in examples])
+        documents = self.processor.process_documents(self.task.documents(document_ids))
+        labels = torch.tensor([[i in example.gold_document_ids for i in document_ids] for example in examples])
+        return {**queries, **{name if name == "document_is_image" else f"document_{name}": value
+                              for name, value in documents.items()}, "labels": labels}
+
+
+def train_retriever(retriever, processor, task: RetrievalTask, output_dir: str, epochs: float = 16,
+                    batch_size: int = 64, learning_rate: float = 3e-3, n_negatives: int = 8, augment: bool = True,
+                    seed: int = 0) -> None:
+    """Fit `retriever` to rank each question's gold documents first among `task.corpus`."""
+    from datasets import Dataset
+
+    miner = HardNegativeMiner(task, processor, n_negatives, seed)
+    args = TrainingArguments(
+        output_dir=os.path.join(output_dir, "checkpoints", "retriever"), num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size, learning_rate=learning_rate, weight_decay=0.01,
+        lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="epoch", save_total_limit=1,
+        remove_unused_columns=False, report_to="none", seed=seed, dataloader_num_workers=0)
+    collator = RetrievalCollator(task, processor, miner, image_augmentation() if augment else None)
+    trainer = Trainer(model=retriever, args=args, data_collator=collator, callbacks=[miner],
+                      train_dataset=Dataset.from_dict({"example_id": range(len(task.examples))}))
+    trainer.train()
+    retriever.eval()
