@@ -46,6 +46,18 @@ def test_quickstart_reaches_95_percent_on_held_out_digits(quickstart):
     assert set(sigphi["stage_seconds"]) >= {"stage 1: align projector", "stage 2: 4bit LoRA fine-tuning"}
 
 
+def test_quickstart_retriever_generator_answers_from_retrieved_documents(quickstart):
+    """The bundled task's answers are only in the documents (facts unseen in training): retrieval must carry it."""
+    rag = json.loads((quickstart / "metrics.json").read_text())["retriever_generator"]
+    assert {"accuracy_with_retrieval", "accuracy_without_retrieval", "retriever_recall_at_1"} <= set(rag)
+    assert rag["retriever_recall_at_1"] >= 0.9
+    assert rag["accuracy_with_retrieval"] >= 0.85
+    assert rag["accuracy_with_oracle_documents"] >= 0.9
+    assert abs(rag["accuracy_without_retrieval"] - rag["chance_accuracy"]) <= 0.15
+    assert (quickstart / "retriever_generator" / "retriever").is_dir()
+    assert (quickstart / "retriever_generator" / "generator").is_dir()
+
+
 def test_quickstart_model_answers_for_a_hub_user(quickstart, tmp_path):
     result = hub_user_python(ASK_DIGITS, str(quickstart / "sigphi"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

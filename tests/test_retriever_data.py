@@ -1,0 +1,126 @@
+"""The seed CSV reader of the retriever-generator, and the bundled retrieval task it is trained on."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train.cli import InvalidInput, run_cli
+from train.retrieval_data import (ARCHIVE_QUESTION, RETRIEVAL_COLUMNS, load_retrieval_task, painted,
+                                  write_retrieval_vqa)
+from train.train_retriever_generator import TrainRetrieverGeneratorArguments, main
+
+GOOD_ROW = {"question_text": "What colour is this digit?", "question_image": "q.png",
+            "answer_choices": json.dumps(["red", "blue"]), "label": "1",
+            "documents": json.dumps(["The digit is blue.", {"image": "doc.png"}, {"text": "Unrelated."}])}
+
+
+def write_csv(folder, rows: list[dict], columns=RETRIEVAL_COLUMNS):
+    Image.new("L", (8, 8), 200).save(folder / "q.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "doc.png")
+    path = folder / "questions.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_reads_questions_and_builds_the_corpus_from_every_row_and_the_corpus_file(tmp_path):
+    second = {**GOOD_ROW, "question_image": "", "documents": json.dumps(["The digit is blue.", "Another fact."])}
+    (tmp_path / "corpus.jsonl").write_text('"A distractor."\n{"image": "doc.png"}\n\n{"text": "Another fact."}\n')
+    task = load_retrieval_task(write_csv(tmp_path, [GOOD_ROW, second]), tmp_path / "corpus.jsonl")
+
+    first, other = task.examples
+    assert (first.question, first.answer_choices, first.label) == ("What colour is this digit?", ["red", "blue"], 1)
+    assert first.image.size == (8, 8) and other.image is None
+    # Documents are stored once however often they are named; ids are positions in the corpus.
+    assert [doc["text"] for doc in task.corpus] == ["The digit is blue.", None, "Unrelated.", "Another fact.",
+                                                    "A distractor."]
+    assert task.corpus[1]["image"].getpixel((0, 0)) == (0, 0, 255)
+    assert first.gold_document_ids == [0, 1, 2] and other.gold_document_ids == [0, 3]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"label": "2"}, "row 1, column 'label': 2 is out of range for 2 answer choices"),
+    ({"label": "first"}, "row 1, column 'label': 'first' is not an integer"),
+    ({"answer_choices": "[\"red\", "}, "row 1, column 'answer_choices': invalid JSON"),
+    ({"answer_choices": json.dumps(["red"])}, "row 1, column 'answer_choices': expected a JSON list of at least 2"),
+    ({"documents": "not json"}, "row 1, column 'documents': invalid JSON"),
+    ({"documents": "[]"}, "row 1, column 'documents': expected a non-empty JSON list"),
+    ({"documents": json.dumps([{"video": "x.mp4"}])}, "row 1, column 'documents', item 1: a document must be"),
+    ({"documents": json.dumps([{"image": "missing.png"}])}, "row 1, column 'documents', item 1: image file not found"),
+    ({"question_image": "missing.png"}, "row 1, column 'question_image': image file not found"),
+    ({"question_text": " "}, "row 1, column 'question_text': missing or empty"),
+])
+def test_a_bad_value_is_reported_by_file_row_and_column(tmp_path, change, message):
+    path = write_csv(tmp_path, [{**GOOD_ROW, **change}])
+    with pytest.raises(InvalidInput) as error:
+        load_retrieval_task(path)
+    assert str(error.value).startswith(f"{path}, {message}")
+
+
+def test_a_missing_column_is_named(tmp_path):
+    path = write_csv(tmp_path, [GOOD_ROW], columns=RETRIEVAL_COLUMNS[:-1])
+    with pytest.raises(InvalidInput, match="missing column\\(s\\) documents"):
+        load_retrieval_task(path)
+
+
+def test_a_bad_corpus_line_is_reported_by_file_and_line(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('"fine"\n{"text": \n')
+    with pytest.raises(InvalidInput, match="corpus.jsonl, line 2: invalid JSON"):
+        load_retrieval_task(write_csv(tmp_path, [GOOD_ROW]), tmp_path / "corpus.jsonl")
+
+
+def test_training_cli_refuses_invalid_input_in_one_line_with_status_2(tmp_path, capsys):
+    path = write_csv(tmp_path, [GOOD_ROW], columns=RETRIEVAL_COLUMNS[:-1])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, TrainRetrieverGeneratorArguments, argv=[
+            "--preset", "tiny", "--train_csv", str(path), "--eval_csv", str(path), "--output_dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "documents" in error and "Traceback" not in error
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("retrieval_vqa")
+    sizes = write_retrieval_vqa(folder, n_train_catalogues=6, n_test_catalogues=3, n_train_archive=20,
+                                n_test_archive=10, n_distractor_catalogues=2, n_distractor_drawings=5)
+    return folder, sizes
+
+
+def test_bundled_task_asks_about_unseen_facts_with_text_and_image_documents(bundled):
+    folder, sizes = bundled
+    train = load_retrieval_task(folder / "train.csv", folder / "corpus.jsonl")
+    test = load_retrieval_task(folder / "test.csv", folder / "corpus.jsonl")
+    assert (len(train.examples), len(test.examples), sizes["corpus"]) == (80, 40, 25)
+
+    def gold_texts(task):
+        return {task.corpus[i]["text"] for e in task.examples for i in e.gold_document_ids} - {None}
+
+    def catalogues(task):
+        return {e.question.split(" catalogue")[0] for e in task.examples if e.question != ARCHIVE_QUESTION}
+
+    # Test facts and catalogues were never seen in training; both splits read text and image documents.
+    assert not gold_texts(train) & gold_texts(test) and not catalogues(train) & catalogues(test)
+    for task in (train, test):
+        kinds = {task.corpus[e.gold_document_ids[0]]["image"] is None for e in task.examples}
+        assert kinds == {True, False}
+        assert all(e.answer_choices[e.label] in task.corpus[e.gold_document_ids[0]]["text"]
+                   for e in task.examples if e.question != ARCHIVE_QUESTION)
+
+
+def test_bundled_answers_are_uniform_over_choice_positions(bundled):
+    """Without documents nothing but chance picks the answer: its position among the choices is uniform."""
+    folder, _ = bundled
+    labels = [e.label for e in load_retrieval_task(folder / "train.csv").examples]
+    assert set(labels) == {0, 1, 2, 3} and max(np.bincount(labels)) < 0.45 * len(labels)
+
+
+def test_archive_documents_paint_the_questioned_drawing_itself():
+    drawing = Image.fromarray(np.array([[0, 255], [128, 0]], dtype=np.uint8), mode="L")
+    assert np.array_equal(np.asarray(painted(drawing, "red")),
+                          [[[0, 0, 0], [230, 40, 40]], [[115, 20, 20], [0, 0, 0]]])

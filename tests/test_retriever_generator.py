@@ -1,0 +1,284 @@
+"""The retriever-generator: choice scoring, prompts built from documents, SigPhi and Mllama generators, saving and
+loading (in a Hub user's process too), LoRA/QLoRA fine-tuning and the training and evaluation CLIs."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
+
+from configuration import RetrieverGeneratorConfig
+from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoice, SigPhiForConditionalGeneration
+from processing import RetrieverGeneratorProcessor
+from tests.conftest import hub_user_python
+from train.build_model import build_tiny_sigphi
+from train.cli import run_cli
+from train.evaluate_retriever_generator import EvaluateArguments
+from train.evaluate_retriever_generator import main as evaluate_main
+from train.generator_training import generator_rows, lora_config, train_generator
+from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
+from train.tokenizer import build_byte_level_tokenizer
+from train.train_retriever_generator import (SIGPHI_LORA_TARGETS, TrainRetrieverGeneratorArguments,
+                                             build_tiny_retriever, load_generator, train_retriever_generator)
+
+TEMPLATE = RetrieverGeneratorConfig().document_template
+LLAMA_CHAT_TEMPLATE = (
+    "{{- bos_token -}}{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' -}}"
+    "{%- for item in message['content'] -%}{%- if item['type'] == 'image' -%}{{- '<|image|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}{%- endfor -%}"
+    "{{- '<|eot_id|>' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}")
+
+
+def build_tiny_mllama() -> tuple[MllamaForConditionalGeneration, MllamaProcessor]:
+    """A random Llama-3.2-Vision of the real architecture, a few layers wide, with a locally built tokenizer."""
+    tokenizer = build_byte_level_tokenizer(image_token="<|image|>")
+    tokenizer.add_tokens(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                          "<|python_tag|>"], special_tokens=True)
+    tokenizer.bos_token, tokenizer.chat_template = "<|begin_of_text|>", LLAMA_CHAT_TEMPLATE
+    processor = MllamaProcessor(MllamaImageProcessor(size={"height": 16, "width": 16}, max_image_tiles=1),
+                                tokenizer, chat_template=LLAMA_CHAT_TEMPLATE)
+    torch.manual_seed(0)
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                           intermediate_size=64, vision_output_dim=64, image_size=16, patch_size=8, max_num_tiles=1,
+                           intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]]),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, cross_attention_layers=[1],
+                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+                         pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
+    return MllamaForConditionalGeneration(config).eval(), processor
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("retrieval_vqa")
+    write_retrieval_vqa(folder, n_train_catalogues=6, n_test_catalogues=2, n_train_archive=20, n_test_archive=10,
+                        n_distractor_catalogues=1, n_distractor_drawings=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task(data):
+    return load_retrieval_task(data / "train.csv", data / "corpus.jsonl")
+
+
+def composite(task, generator, generator_processor):
+    retriever, retriever_processor = build_tiny_retriever(task)
+    retriever.eval().build_document_index(task.corpus, retriever_processor)
+    config = RetrieverGeneratorConfig.from_retriever_generator_configs(retriever.config, generator.config)
+    model = RetrieverGeneratorForMultipleChoice(config, retriever=retriever, generator=generator)
+    return model.eval(), RetrieverGeneratorProcessor(retriever_processor, generator_processor)
+
+
+@pytest.fixture(scope="module", params=["sigphi", "mllama"])
+def model_and_processor(request, task):
+    generator, generator_processor = build_tiny_sigphi() if request.param == "sigphi" else build_tiny_mllama()
+    return composite(task, generator.eval(), generator_processor)
+
+
+def question_with_documents(task):
+    """A question with one text and one image document, images in RGB as a user would pass them."""
+    text_doc = next(doc for doc in task.corpus if doc["image"] is None)
+    image_doc = next(doc for doc in task.corpus if doc["image"] is not None)
+    return task.examples[0], [text_doc, {**image_doc, "image": image_doc["image"].convert("RGB")}]
+
+
+def hand_computed_log_likelihoods(generator, generator_processor, messages, images, choices) -> list[float]:
+    """Sum over each answer's tokens of log p(token | everything before), one full forward pass per choice."""
+    prompt = generator_processor.apply_chat_template(messages, add_generation_prompt=True)
+    n_prompt = generator_processor(text=[prompt], images=[images], return_tensors="pt")["input_ids"].shape[1]
+    scores = []
+    for choice in choices:
+        answer = [{"role": "assistant", "content": [{"type": "text", "text": choice}]}]
+        inputs = generator_processor(text=[generator_processor.apply_chat_template(messages + answer)],
+                                     images=[images], return_tensors="pt")
+        with torch.no_grad():
+            log_probs = generator(**inputs).logits[0].log_softmax(-1)
+        ids = inputs["input_ids"][0]
+        scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(n_prompt, len(ids))))
+    return scores
+
+
+def test_choice_scores_are_the_generators_log_likelihood_of_each_answer(task, model_and_processor):
+    model, processor = model_and_processor
+    example, documents = question_with_documents(task)
+    image = example.image.convert("RGB")
+    prediction = model.predict(processor, example.question, image, example.answer_choices, documents)
+
+    messages, images = processor.conversation(example.question, image, documents, TEMPLATE)
+    expected = hand_computed_log_likelihoods(model.generator, processor.generator_processor, messages, images,
+                                             example.answer_choices)
+    torch.testing.assert_close(prediction.choice_scores, torch.tensor(expected), atol=1e-4, rtol=1e-5)
+    assert prediction.label == max(range(len(expected)), key=expected.__getitem__)
+
+
+def test_generate_answers_in_free_text(task, model_and_processor):
+    model, processor = model_and_processor
+    example = task.examples[0]
+    answer = model.generate(processor, example.question, example.image, max_new_tokens=4, do_sample=False)
+    assert isinstance(answer, str)
+
+
+def test_the_prompt_shows_text_documents_as_text_and_image_documents_as_images(task):
+    example, (text_doc, image_doc) = question_with_documents(task)
+    messages, images = RetrieverGeneratorProcessor.conversation(example.question, example.image, [text_doc, image_doc],
+                                                                "Doc: {document}\n", answer="red")
+    user, assistant = messages
+    assert user["content"] == [{"type": "text", "text": f"Doc: {text_doc['text']}\n"},
+                               {"type": "text", "text": "Doc: "}, {"type": "image"}, {"type": "text", "text": "\n"},
+                               {"type": "image"}, {"type": "text", "text": example.question}]
+    assert images == [image_doc["image"], example.image]
+    assert assistant["content"] == [{"type": "text", "text": "red"}]
+
+
+def test_forward_scores_every_choice_and_trains_on_the_right_one(task, model_and_processor):
+    model, processor = model_and_processor
+    example, documents = question_with_documents(task)
+    inputs = processor.choice_inputs(example.question, example.image, documents, example.answer_choices, TEMPLATE)
+    output = model(**inputs, labels=torch.tensor([example.label]))
+    assert output.logits.shape == (1, len(example.answer_choices))
+    expected_loss = torch.nn.functional.cross_entropy(output.logits, torch.tensor([example.label]))
+    torch.testing.assert_close(output.loss, expected_loss)
+
+
+def test_predict_reads_the_top_retrieved_documents(task, model_and_processor):
+    model, processor = model_and_processor
+    example = task.examples[1]
+    _, ids, documents = model.retrieve(processor, [example.question], [example.image], n_docs=2)
+    prediction = model.predict(processor, example.question, example.image, example.answer_choices, n_docs=2)
+    assert [doc["text"] for doc in prediction.documents] == [doc["text"] for doc in documents[0]]
+    assert [doc["text"] for doc in documents[0]] == [task.corpus[i]["text"] for i in ids[0].tolist()]
+
+
+@pytest.fixture(scope="module")
+def saved(task, tmp_path_factory):
+    """A SigPhi retriever-generator saved as train.train_retriever_generator saves it."""
+    model, processor = composite(task, *build_tiny_sigphi())
+    folder = tmp_path_factory.mktemp("retriever_generator")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor, folder
+
+
+HUB_USER_SCRIPT = """
+import json, sys
+from PIL import Image
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
+folder, question, image = sys.argv[1], sys.argv[2], Image.open(sys.argv[3])
+retriever = AutoModel.from_pretrained(folder + "/retriever", trust_remote_code=True)
+retriever_processor = AutoProcessor.from_pretrained(folder + "/retriever", trust_remote_code=True)
+generator = AutoModelForImageTextToText.from_pretrained(folder + "/generator", trust_remote_code=True)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+prediction = model.predict(processor, question, image, ["red", "blue", "green", "pink"])
+print(json.dumps({"classes": [type(x).__name__ for x in (retriever, retriever_processor, generator, model, processor)],
+                  "module": type(model).__module__, "scores": prediction.choice_scores.tolist(),
+                  "documents": [doc["text"] for doc in prediction.documents]}))
+"""
+
+
+def test_saved_folders_load_in_a_hub_users_process(task, saved, tmp_path):
+    model, processor, folder = saved
+    example = next(e for e in task.examples if e.image is not None)
+    example.image.save(tmp_path / "question.png")
+    result = hub_user_python(HUB_USER_SCRIPT, str(folder), example.question, str(tmp_path / "question.png"),
+                             cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["classes"] == ["MultimodalRetrieverModel", "MultimodalRetrieverProcessor",
+                                 "SigPhiForConditionalGeneration", "RetrieverGeneratorForMultipleChoice",
+                                 "RetrieverGeneratorProcessor"]
+    assert report["module"].startswith("transformers_modules")
+    local = model.predict(processor, example.question, example.image, ["red", "blue", "green", "pink"])
+    assert report["documents"] == [doc["text"] for doc in local.documents]
+    torch.testing.assert_close(torch.tensor(report["scores"]), local.choice_scores, atol=1e-4, rtol=1e-5)
+
+
+def test_from_retriever_generator_pretrained_joins_saved_parts(saved):
+    model, _, folder = saved
+    joined = RetrieverGeneratorForMultipleChoice.from_retriever_generator_pretrained(
+        folder / "retriever", folder / "generator", n_docs=3)
+    assert joined.config.n_docs == 3
+    assert isinstance(joined.generator, SigPhiForConditionalGeneration)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(joined.state_dict()[name], tensor), name
+    assert len(joined.retriever.document_index) == len(model.retriever.document_index)
+
+
+def test_a_mllama_retriever_generator_saves_and_reloads(task, tmp_path):
+    model, processor = composite(task, *build_tiny_mllama())
+    model.save_pretrained(tmp_path)
+    reloaded = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded.generator, MllamaForConditionalGeneration)
+    example = task.examples[0]
+    torch.testing.assert_close(
+        reloaded.predict(processor, example.question, example.image, example.answer_choices).choice_scores,
+        model.predict(processor, example.question, example.image, example.answer_choices).choice_scores)
+
+
+def test_generator_fine_tunes_lora_adapters_and_merges_them(task, tmp_path):
+    generator, generator_processor = build_tiny_sigphi()
+    before = {name: tensor.clone() for name, tensor in generator.state_dict().items()}
+    rows = generator_rows(task, [e.gold_document_ids for e in task.examples[:16]], TEMPLATE)
+    tuned = train_generator(generator, generator_processor, rows, str(tmp_path), epochs=1, batch_size=8,
+                            peft_config=lora_config(SIGPHI_LORA_TARGETS, r=4))
+    after = tuned.state_dict()
+    assert isinstance(tuned, SigPhiForConditionalGeneration) and set(after) == set(before)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("language_model" in name for name in changed)
+
+
+def test_qlora_trains_a_4bit_generator(tmp_path):
+    generator, generator_processor = build_tiny_sigphi()
+    generator.save_pretrained(tmp_path / "sigphi")
+    generator_processor.save_pretrained(tmp_path / "sigphi")
+    quantized, processor = load_generator(str(tmp_path / "sigphi"), load_in_4bit=True)
+    assert "4bit" in type(quantized.model.language_model.layers[0].mlp.down_proj).__name__
+    image = Image.new("L", (8, 8), 255)
+    rows = [{"messages": RetrieverGeneratorProcessor.conversation("What colour?", image, [], TEMPLATE, answer="red")[0],
+             "images": [image]}] * 4
+    tuned = train_generator(quantized, processor, rows, str(tmp_path), epochs=1, batch_size=2,
+                            peft_config=lora_config(SIGPHI_LORA_TARGETS, r=4))
+    assert not any("lora" in name for name, _ in tuned.named_parameters())
+
+
+def test_training_and_evaluation_clis(data, tmp_path, capsys):
+    output_dir = tmp_path / "o"
+    args = TrainRetrieverGeneratorArguments(
+        train_csv=str(data / "train.csv"), eval_csv=str(data / "test.csv"), corpus=str(data / "corpus.jsonl"),
+        output_dir=str(output_dir), preset="tiny", retriever_epochs=1, generator_epochs=0.5)
+    metrics = train_retriever_generator(args)
+    assert {"accuracy", "retriever_recall_at_1", "retriever_recall_at_5", "retriever_mrr", "n"} <= set(metrics)
+    assert (output_dir / "retriever" / "documents.faiss").is_file()
+    assert MultimodalRetrieverModel.from_pretrained(output_dir / "retriever").document_index is not None
+
+    for docs in ("retrieved", "none", "oracle"):
+        run_cli(evaluate_main, EvaluateArguments, argv=["--model", str(output_dir), "--csv", str(data / "test.csv"),
+                                                        "--corpus", str(data / "corpus.jsonl"), "--docs", docs])
+        printed = capsys.readouterr().out.strip().splitlines()
+        result = json.loads(printed[-1])
+        assert result["docs"] == docs and result["n"] == 30 and 0 <= result["accuracy"] <= 1
+        assert result["retriever_recall_at_1"] <= result["retriever_recall_at_5"]
+
+
+def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
+    retriever, retriever_processor = build_tiny_retriever(task)
+    retriever.save_pretrained(tmp_path / "retriever")
+    retriever_processor.save_pretrained(tmp_path / "retriever")
+    generator, generator_processor = build_tiny_sigphi()
+    generator.save_pretrained(tmp_path / "sigphi")
+    generator_processor.save_pretrained(tmp_path / "sigphi")
+    args = TrainRetrieverGeneratorArguments(
+        train_csv=str(data / "train.csv"), eval_csv=str(data / "test.csv"), output_dir=str(tmp_path / "o"),
+        retriever_model=str(tmp_path / "retriever"), generator_model=str(tmp_path / "sigphi"), lora_r=4,
+        retriever_epochs=1, generator_epochs=0.5)
+    train_retriever_generator(args)
+    tuned = SigPhiForConditionalGeneration.from_pretrained(tmp_path / "o" / "generator")
+    tuned_weights = tuned.state_dict()
+    changed = [name for name, tensor in generator.state_dict().items() if not torch.equal(tensor, tuned_weights[name])]
+    assert changed and all("language_model" in name for name in changed)  # only where the LoRA adapters were
