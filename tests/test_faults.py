@@ -307,9 +307,6 @@ def test_malformed_retrieval_csvs_are_refused_naming_file_row_and_column(data_di
         load_retrieval_task(path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="train.retrieval_data opens the CSV as UTF-8 without turning a decode error into "
-                          "InvalidInput (owned by the retriever-generator's developer)")
 def test_a_retrieval_csv_that_is_not_utf8_is_refused_by_name(data_dir, load_retrieval_task):
     path = write_retrieval_csv(data_dir, {"question_text": "Couleur ?"}, [])
     path.write_bytes(path.read_bytes().replace(b"Couleur", "Coul\xe9ur".encode("latin-1")))
@@ -317,9 +314,6 @@ def test_a_retrieval_csv_that_is_not_utf8_is_refused_by_name(data_dir, load_retr
         load_retrieval_task(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="train.retrieval_data passes the None that csv.DictReader gives a missing cell to json.loads "
-                          "(owned by the retriever-generator's developer)")
 def test_a_retrieval_csv_row_with_missing_cells_is_refused_by_name(data_dir, load_retrieval_task):
     path = data_dir / "retrieval.csv"
     path.write_text(",".join(RETRIEVAL_HEADER) + "\nWhat colour?,ok.png\n")

@@ -73,7 +73,7 @@ def open_image(path: Path, where: str) -> Image.Image:
         raise InvalidInput(f"{where}: cannot read image {path} ({error})") from None
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """The file's text, newlines untouched (the CSV reader handles them), or `InvalidInput` if it is not UTF-8."""
     try:
         return path.read_bytes().decode("utf-8")
@@ -92,7 +92,7 @@ def _json_value(text: str, where: str, first_line: int = 1):
 
 def _records_from_file(path: Path) -> list[dict]:
     """Raw records of a CSV, JSON (list of objects) or JSONL file, with a clear error for malformed files."""
-    text = _read_text(path)
+    text = read_text_file(path)
     if path.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]

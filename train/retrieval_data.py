@@ -16,6 +16,7 @@ and the question together. See `write_retrieval_vqa`.
 """
 
 import csv
+import io
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from train.cli import InvalidInput
-from train.data import open_image
+from train.data import open_image, read_text_file
 
 RETRIEVAL_COLUMNS = ("question_text", "question_image", "answer_choices", "label", "documents")
 
@@ -79,6 +80,8 @@ class _CorpusBuilder:
 
 
 def _json_cell(record: dict, column: str, where: str):
+    if record[column] is None:  # csv.DictReader's value for a cell the row is missing
+        raise InvalidInput(f"{where}, column '{column}': missing (the row has fewer cells than the header)")
     try:
         return json.loads(record[column])
     except json.JSONDecodeError as error:
@@ -88,13 +91,14 @@ def _json_cell(record: dict, column: str, where: str):
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in RETRIEVAL_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} "
-                               f"(expected {', '.join(RETRIEVAL_COLUMNS)})")
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
+    missing = [column for column in RETRIEVAL_COLUMNS if column not in (reader.fieldnames or [])]
+    if missing:
+        raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(RETRIEVAL_COLUMNS)})")
+    try:
         rows = list(reader)
+    except csv.Error as error:  # e.g. a cell over csv.field_size_limit()
+        raise InvalidInput(f"{path}, row {reader.line_num}: {error}") from None
     if not rows:
         raise InvalidInput(f"{path}: no rows")
     return rows
