@@ -57,8 +57,7 @@ class MultimodalRetrieverProcessor(ProcessorMixin):
 
     def _pixel_values(self, images: list) -> torch.Tensor:
         """(n, 3, H, W) from PIL images of any mode."""
-        return self.image_processor([to_rgb(image) for image in images], return_tensors="pt",
-                                    input_data_format="channels_last")["pixel_values"]
+        return self.image_processor([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
 
     def process_queries(self, texts: list[str], images: list | None = None) -> BatchFeature:
         """`input_ids`, `attention_mask` and, when any query has an image, `pixel_values` (a blank image fills the

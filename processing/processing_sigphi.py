@@ -37,11 +37,12 @@ CHAT_TEMPLATE = (
 
 
 def to_rgb(image):
-    """A PIL image of any mode as an 8-bit RGB (H, W, 3) array, alpha composited on white.
+    """A PIL image of any mode as an 8-bit RGB PIL image, alpha composited on white.
 
-    Arrays and tensors pass through untouched: their layout is the caller's to state.
+    RGB images pass through untouched (a PIL image goes to a contiguous tensor without the copy a numpy
+    array needs), and so do arrays and tensors: their layout is the caller's to state.
     """
-    if not isinstance(image, Image.Image):
+    if not isinstance(image, Image.Image) or (image.mode == "RGB" and 0 not in image.size):
         return image
     if 0 in image.size:  # otherwise a reshape deep in the image processor fails with an unrelated message
         raise ValueError(f"An image of {image.width}×{image.height} pixels is empty: images need at least 1×1.")
@@ -54,7 +55,7 @@ def to_rgb(image):
         if image.mode == "F" and values.max() <= 1.0:
             high = 1.0
         image = Image.fromarray(np.clip(np.round(values * 255.0 / high), 0, 255).astype(np.uint8), mode="L")
-    return convert_to_rgb(image, return_numpy=True)
+    return Image.fromarray(convert_to_rgb(image, return_numpy=True))
 
 
 def _map_images(images, fn):
@@ -132,7 +133,6 @@ class SigPhiProcessor(ProcessorMixin):
     def _process_images(self, images, **kwargs):
         if _all_pil(images):
             images = _map_images(images, to_rgb)
-            kwargs["input_data_format"] = "channels_last"
         return super()._process_images(images, **kwargs)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:

@@ -55,7 +55,7 @@ def pretrain_vision_tower(model, processor, dataset: Dataset, training_args: Tra
     augment = RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=-1.0)
     # preprocess once; augment the (3, H, W) tensors at the model's resolution on every draw
     pixel_values = processor.image_processor(images=[to_rgb(row["images"][0]) for row in dataset],
-                                             return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+                                             return_tensors="pt")["pixel_values"]
     targets = torch.tensor([label_ids[row_question_answer(row)[1]] for row in dataset])
     examples = [{"index": i} for i in range(len(targets))]
 
