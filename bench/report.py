@@ -177,7 +177,8 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
         f"- command: `{results['command']}` ({results['mode']} sizes), {results['date']}",
         f"- machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']}, "
         f"{machine['threads']} threads, Python {machine['python']}",
-        f"- section wall times (s): {results.get('section_seconds', {})}", "",
+        f"- section wall times (s): {results.get('section_seconds', {})}",
+        f"- sections measured at: {results.get('section_dates', {})}", "",
     ]
     body = (_train_section(results) + _generation_section(results) + ["![generation](docs/generation.png)", ""]
             + _processor_section(results) + _machine_section(results) + _quantization_section(results)

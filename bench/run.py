@@ -2,6 +2,7 @@
 
     python -m bench.run                 # `make bench`: full sizes (≤ 30 min on 2 cores)
     python -m bench.run --quick         # `make bench-quick`: small sizes (≤ 5 min)
+    python -m bench.run --sections processor   # re-measure some sections, keep the others' last results
 """
 
 import argparse
@@ -36,11 +37,17 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-def timed(results: dict, name: str, fn, *args):
+SECTIONS = ("matmul_flops_per_second", "train_step", "generation", "processor", "quantization", "retrieval")
+
+
+def timed(results: dict, selected: set[str], name: str, fn, *args):
+    if name not in selected:
+        return
     start = time.perf_counter()
     print(f"== {name} ...", flush=True)
     results[name] = fn(*args)
     results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
+    results.setdefault("section_dates", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def main() -> None:
@@ -48,21 +55,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--quickstart_metrics", default="outputs/quickstart/metrics.json")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="re-measure only these; the others keep their results from the last run of this mode")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     settings = SETTINGS[mode]
     command = "make bench-quick" if args.quick else "make bench"
-    results: dict = {"mode": mode, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                     "machine": machine(), "argv": sys.argv}
+    results_path = f"bench/results/{mode}.json"
+    results: dict = {}
+    if set(args.sections) != set(SECTIONS) and os.path.exists(results_path):
+        with open(results_path) as handle:
+            results = json.load(handle)
+    results.update({"mode": mode, "command": command, "machine": machine(), "argv": sys.argv})
+    results.setdefault("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    selected = set(args.sections)
 
-    timed(results, "matmul_flops_per_second", matmul_flops_per_second)
-    timed(results, "train_step", train_step.run, settings["shape"], settings["train_repeats"])
-    timed(results, "generation", generation.run, settings["shape"], settings["new_tokens"], settings["gen_repeats"],
-          settings["compile"])
-    timed(results, "processor", processor.run, settings["batches"], settings["proc_repeats"])
+    timed(results, selected, "matmul_flops_per_second", matmul_flops_per_second)
+    timed(results, selected, "train_step", train_step.run, settings["shape"], settings["train_repeats"])
+    timed(results, selected, "generation", generation.run, settings["shape"], settings["new_tokens"],
+          settings["gen_repeats"], settings["compile"])
+    timed(results, selected, "processor", processor.run, settings["batches"], settings["proc_repeats"])
     with tempfile.TemporaryDirectory() as folder:
-        timed(results, "quantization", quantization.run, settings["shape"], folder)
-    timed(results, "retrieval", retrieval.run, settings["retrieval_sizes"])
+        timed(results, selected, "quantization", quantization.run, settings["shape"], folder)
+    timed(results, selected, "retrieval", retrieval.run, settings["retrieval_sizes"])
     if os.path.exists(args.quickstart_metrics):
         with open(args.quickstart_metrics) as handle:
             results["quickstart"] = json.load(handle)
@@ -71,10 +86,10 @@ def main() -> None:
             results["gpu"] = json.load(handle)
 
     os.makedirs("bench/results", exist_ok=True)
-    with open(f"bench/results/{mode}.json", "w") as handle:
+    with open(results_path, "w") as handle:
         json.dump(results, handle, indent=2)
     write_report(results, args.output, plot_dir="docs")
-    print(f"wrote {args.output} and bench/results/{mode}.json")
+    print(f"wrote {args.output} and {results_path}")
 
 
 if __name__ == "__main__":
