@@ -73,3 +73,29 @@ def generate_kwargs():
 
 
 torch.set_num_threads(2)
+
+
+def write_digits_dataset(path, n_train: int, n_test: int = 0):
+    """The first `n_train` (and `n_test`) bundled digits as a Parquet dataset folder at `path`."""
+    from train.data import conversation_row, write_parquet_splits
+    from train.make_dataset import DIGIT_QUESTION, digits_splits
+
+    splits = digits_splits()
+    sizes = {"train": n_train, "test": n_test}
+    write_parquet_splits({split: [conversation_row(image, DIGIT_QUESTION, answer)
+                                  for _, image, answer in splits[split][:size]]
+                          for split, size in sizes.items() if size}, path)
+    return path
+
+
+def stop_after_checkpoint(command: list[str], output_dir, step: int, stop_signal: int) -> None:
+    """Start a training command, send `stop_signal` once its `checkpoint-{step}` is complete, wait for the exit."""
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (output_dir / f"checkpoint-{step}" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    process.send_signal(stop_signal)
+    process.wait(timeout=60)

@@ -24,9 +24,8 @@ from huggingface_hub.utils import filter_repo_objects
 
 from modeling.model_card import base_models
 from modeling.self_contained_saving import PROJECT_PACKAGES, with_relative_imports
-from tests.conftest import QUESTION, chat, hub_user_python, random_image
-from train.data import conversation_row, write_parquet_splits
-from train.make_dataset import DIGIT_QUESTION, digits_splits
+from tests.conftest import QUESTION, chat, hub_user_python, random_image, write_digits_dataset
+from train.data import conversation_row
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -218,10 +217,7 @@ def test_the_retriever_generator_pushes_with_its_parts_index_and_card(retriever_
 
 @pytest.fixture(scope="module")
 def small_digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("logging-digits")
-    rows = [conversation_row(image, DIGIT_QUESTION, answer) for _, image, answer in digits_splits()["train"][:16]]
-    write_parquet_splits({"train": rows}, path)
-    return path
+    return write_digits_dataset(tmp_path_factory.mktemp("logging-digits"), n_train=16)
 
 
 def align_two_steps(model_dir, dataset, output_dir, report_to: str, env: dict | None = None):

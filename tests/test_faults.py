@@ -13,19 +13,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import chat, random_image
+from tests.conftest import chat, random_image, stop_after_checkpoint, write_digits_dataset
 from train.cli import InvalidInput, run_cli
 from train.data import conversation_row, read_pairs_file, write_parquet_splits
 from train.evaluate import EvaluateArguments
 from train.evaluate import main as evaluate_main
-from train.make_dataset import DIGIT_QUESTION, digits_splits
 
 PAIR_HEADER = "image,question,answer"
 
@@ -347,8 +345,7 @@ def final_state(output_dir, step: int) -> tuple[float, dict]:
 
 def test_training_stopped_by_sigterm_resumes_to_the_same_final_loss(tiny_dir, tmp_path):
     """SIGKILL is covered in test_training_steps.py; SIGTERM is what schedulers and Ctrl-C-like stops send."""
-    rows = [conversation_row(image, DIGIT_QUESTION, answer) for _, image, answer in digits_splits()["train"][:32]]
-    write_parquet_splits({"train": rows}, tmp_path / "digits")
+    write_digits_dataset(tmp_path / "digits", n_train=32)
 
     def align(output_dir, *extra: str) -> list[str]:
         return [sys.executable, "-m", "train.align", "--model_name_or_path", str(tiny_dir), "--dataset",
@@ -358,13 +355,7 @@ def test_training_stopped_by_sigterm_resumes_to_the_same_final_loss(tiny_dir, tm
 
     straight = subprocess.Popen(align(tmp_path / "straight"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(align(stopped), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (stopped / "checkpoint-3" / "trainer_state.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    stop_after_checkpoint(align(stopped), stopped, step=3, stop_signal=signal.SIGTERM)
     assert not (stopped / "checkpoint-12").exists(), "the run finished before it was stopped"
     subprocess.run(align(stopped, "--resume_from_checkpoint", "true"), check=True, capture_output=True)
     assert straight.wait(timeout=300) == 0

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from train.data import conversation_row, write_parquet_splits
-from train.make_dataset import DIGIT_QUESTION, digits_splits
+from tests.conftest import write_digits_dataset
 
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 GLOBAL_BATCH, STEPS = 8, 6
@@ -25,10 +24,7 @@ LOSS_TOLERANCE = 0.01  # relative
 
 @pytest.fixture(scope="module")
 def digits64(tmp_path_factory):
-    path = tmp_path_factory.mktemp("digits64")
-    rows = [conversation_row(image, DIGIT_QUESTION, answer) for _, image, answer in digits_splits()["train"][:64]]
-    write_parquet_splits({"train": rows}, path)
-    return path
+    return write_digits_dataset(tmp_path_factory.mktemp("digits64"), n_train=64)
 
 
 def free_port() -> int:

@@ -4,15 +4,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import hub_user_python
-from train.data import conversation_row, load_conversations, write_parquet_splits
-from train.make_dataset import DIGIT_QUESTION, digits_splits
+from tests.conftest import hub_user_python, stop_after_checkpoint, write_digits_dataset
+from train.data import load_conversations
 
 STEP_FLAGS = ["--per_device_train_batch_size", "8", "--report_to", "none", "--logging_steps", "1",
               "--save_strategy", "no"]
@@ -21,12 +19,7 @@ STEP_FLAGS = ["--per_device_train_batch_size", "8", "--report_to", "none", "--lo
 @pytest.fixture(scope="module")
 def small_digits(tmp_path_factory):
     """64 training and 16 test digits in the bundled format."""
-    path = tmp_path_factory.mktemp("small-digits")
-    splits = digits_splits()
-    write_parquet_splits({"train": [conversation_row(im, DIGIT_QUESTION, a) for _, im, a in splits["train"][:64]],
-                          "test": [conversation_row(im, DIGIT_QUESTION, a) for _, im, a in splits["test"][:16]]},
-                         path)
-    return path
+    return write_digits_dataset(tmp_path_factory.mktemp("small-digits"), n_train=64, n_test=16)
 
 
 def run_step(step: str, *args: str) -> subprocess.CompletedProcess:
@@ -116,13 +109,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
                 "--save_strategy", "steps", "--save_steps", "3", *extra]
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(align_command(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (interrupted / "checkpoint-3" / "trainer_state.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    stop_after_checkpoint(align_command(interrupted), interrupted, step=3, stop_signal=signal.SIGKILL)
     assert not (interrupted / "model.safetensors").exists(), "the run finished before it was killed"
     subprocess.run(align_command(interrupted, "--resume_from_checkpoint", "true"), check=True, capture_output=True)
     subprocess.run(align_command(tmp_path / "straight"), check=True, capture_output=True)

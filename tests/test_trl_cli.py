@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from train.data import conversation_row, write_parquet_splits
-from train.make_dataset import DIGIT_QUESTION, digits_splits
+from tests.conftest import write_digits_dataset
 from train.training import LANGUAGE_MODEL_LORA_TARGETS
 
 TRL = os.path.join(os.path.dirname(sys.executable), "trl")
@@ -19,10 +18,7 @@ TRL = os.path.join(os.path.dirname(sys.executable), "trl")
 
 @pytest.fixture(scope="module")
 def tiny_digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trl-digits")
-    rows = [conversation_row(image, DIGIT_QUESTION, answer) for _, image, answer in digits_splits()["train"][:32]]
-    write_parquet_splits({"train": rows}, path)
-    return path
+    return write_digits_dataset(tmp_path_factory.mktemp("trl-digits"), n_train=32)
 
 
 def trl_sft(model_dir, data_dir, output_dir, *extra: str) -> subprocess.CompletedProcess:
