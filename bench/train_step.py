@@ -18,7 +18,6 @@ def _step_fn(model, inputs, optimizer):
 
 def measure_training_step(model_name: str, shape_name: str, repeats: int) -> dict:
     """Median seconds per optimizer step, tokens/s and FLOPs of one step (counted by torch's FlopCounterMode)."""
-    torch.set_num_threads(torch.get_num_threads())
     shape = SHAPES[shape_name]
     model = BUILDERS[model_name](shape).train()
     inputs = batch(shape)
