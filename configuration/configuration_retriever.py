@@ -8,10 +8,14 @@ small CNN for tiny models). Both towers serve queries and documents alike.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_sigphi import resolve_sub_config
 
 RETRIEVAL_LOSSES = ("infonce", "sigmoid")
 TEXT_POOLINGS = ("mean", "pooler")
+# Default text tower: SigLIP-SO400M's text model, the partner of the default image tower.
+SIGLIP_SO400M_TEXT = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                      "num_attention_heads": 16, "bos_token_id": None, "eos_token_id": 1, "pad_token_id": 1}
 
 
 class MultimodalRetrieverConfig(PreTrainedConfig):
@@ -35,11 +39,7 @@ class MultimodalRetrieverConfig(PreTrainedConfig):
     """
 
     model_type = "multimodal_retriever"
-    # Defaults: SigLIP-SO400M's text model, the partner of the default image tower.
-    sub_configs_defaults = {"text_config": SubConfigSpec(
-        config_class=AutoConfig, model_type="siglip_text_model",
-        init_kwargs={"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-                     "bos_token_id": None, "eos_token_id": 1, "pad_token_id": 1})}
+    sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     image_model_name: str = "vit_so400m_patch14_siglip_384"
@@ -60,6 +60,7 @@ class MultimodalRetrieverConfig(PreTrainedConfig):
             raise ValueError(f"loss_type must be one of {RETRIEVAL_LOSSES}, got {self.loss_type!r}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+        self.text_config = resolve_sub_config(self.text_config, "siglip_text_model", **SIGLIP_SO400M_TEXT)
         super().__post_init__(**kwargs)
 
 

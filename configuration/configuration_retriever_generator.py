@@ -5,24 +5,13 @@ Composite like transformers' `RagConfig` (sub-configs `retriever` and `generator
 are resolved here rather than through `AutoConfig`, because a Hub user's process has not registered them.
 """
 
-from transformers import PreTrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers import AutoConfig, PreTrainedConfig
 
 from .configuration_retriever import MultimodalRetrieverConfig
-from .configuration_sigphi import SigPhiConfig
+from .configuration_sigphi import SigPhiConfig, resolve_sub_config
 
 PROJECT_CONFIGS = {"multimodal_retriever": MultimodalRetrieverConfig, "sigphi": SigPhiConfig}
 DOCUMENT_PLACEHOLDER = "{document}"
-
-
-def resolve_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:
-    """A config object from a config, a `to_dict()` dict (its `model_type` picks the class) or None (defaults)."""
-    if isinstance(value, PreTrainedConfig):
-        return value
-    value = dict(value or {})
-    model_type = value.pop("model_type", default_model_type)
-    config_class = PROJECT_CONFIGS.get(model_type) or CONFIG_MAPPING[model_type]
-    return config_class(**value)
 
 
 class RetrieverGeneratorConfig(PreTrainedConfig):
@@ -39,6 +28,7 @@ class RetrieverGeneratorConfig(PreTrainedConfig):
     """
 
     model_type = "retriever_generator"
+    sub_configs = {"retriever": MultimodalRetrieverConfig, "generator": AutoConfig}
 
     retriever: dict | PreTrainedConfig | None = None
     generator: dict | PreTrainedConfig | None = None
@@ -46,8 +36,8 @@ class RetrieverGeneratorConfig(PreTrainedConfig):
     document_template: str = "Document: {document}\n"
 
     def __post_init__(self, **kwargs):
-        self.retriever = resolve_sub_config(self.retriever, "multimodal_retriever")
-        self.generator = resolve_sub_config(self.generator, "sigphi")
+        self.retriever = resolve_sub_config(self.retriever, "multimodal_retriever", PROJECT_CONFIGS)
+        self.generator = resolve_sub_config(self.generator, "sigphi", PROJECT_CONFIGS)
         if self.document_template.count(DOCUMENT_PLACEHOLDER) != 1:
             raise ValueError(f"document_template must contain {DOCUMENT_PLACEHOLDER} exactly once, "
                              f"got {self.document_template!r}")

@@ -7,9 +7,27 @@ timm model name and the keyword arguments needed to rebuild it without downloadi
 """
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
+
+
+def resolve_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str,
+                       known_configs: dict[str, type[PreTrainedConfig]] | None = None,
+                       **default_kwargs) -> PreTrainedConfig:
+    """A sub-config object from a config, a `to_dict()` dict (its `model_type` picks the class) or None (defaults).
+
+    Composite configs resolve their sub-configs here, in `__post_init__`, instead of declaring transformers'
+    `sub_configs_defaults`: that table changed form twice (5.20 introduced `SubConfigSpec`, 5.21 started wrapping
+    plain classes), while a `sub_configs` class map plus this function loads the same on every 5.x from 5.17 on.
+    `known_configs` maps this project's model types to their classes, because a Hub user's process has not
+    registered them with `AutoConfig`.
+    """
+    if isinstance(value, PreTrainedConfig):
+        return value
+    kwargs = dict(value) if value is not None else dict(default_kwargs)
+    model_type = kwargs.pop("model_type", default_model_type)
+    config_class = (known_configs or {}).get(model_type)
+    return config_class(**kwargs) if config_class is not None else AutoConfig.for_model(model_type, **kwargs)
 
 
 class SigPhiVisionConfig(PreTrainedConfig):
@@ -62,10 +80,7 @@ class SigPhiConfig(PreTrainedConfig):
     """
 
     model_type = "sigphi"
-    sub_configs_defaults = {
-        "vision_config": SigPhiVisionConfig,
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="phi3"),
-    }
+    sub_configs = {"vision_config": SigPhiVisionConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -74,6 +89,12 @@ class SigPhiConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        self.vision_config = resolve_sub_config(self.vision_config, "sigphi_vision",
+                                                {"sigphi_vision": SigPhiVisionConfig})
+        self.text_config = resolve_sub_config(self.text_config, "phi3")
+        super().__post_init__(**kwargs)
 
 
 __all__ = ["SigPhiConfig", "SigPhiVisionConfig"]

@@ -20,17 +20,20 @@ from transformers import (AddedToken, AutoModel, AutoModelForCausalLM, AutoToken
                           PreTrainedModel)
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
-from transformers.utils.generic import can_return_tuple
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
 
 from configuration.configuration_sigphi import SigPhiConfig, SigPhiVisionConfig
 from processing.processing_sigphi import IMAGE_TOKEN, SigPhiProcessor
 
 from .self_contained_saving import SelfContainedSaveMixin
+from .transformers_compat import CACHE_NAME, output_cache, pop_cache
 
 IGNORE_INDEX = -100
 
 
+# Both subclass transformers' own output classes, so the KV cache field is whatever the installed release calls it
+# (`cache` from 5.24, `past_key_values` before) and transformers' own renaming shims apply to them.
 @dataclass
 class SigPhiModelOutputWithPast(BaseModelOutputWithPast):
     """Decoder outputs plus `image_hidden_states`: (num_images, image_seq_length, text_hidden_size)."""
@@ -39,14 +42,9 @@ class SigPhiModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class SigPhiCausalLMOutputWithPast(ModelOutput):
-    """Language-modelling outputs of [`SigPhiForConditionalGeneration`]."""
+class SigPhiCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Language-modelling outputs of [`SigPhiForConditionalGeneration`], plus `image_hidden_states`."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: torch.Tensor | None = None
 
 
@@ -99,7 +97,7 @@ class SigPhiPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Phi3DecoderLayer", "Block", "SigPhiMultiModalProjector"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     # Kept out of bitsandbytes quantization (4-/8-bit loading quantizes every other nn.Linear); upcast in fp16.
     # Listed with and without the `model.` prefix: quantizers match names from the start of the module path.
     _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector"]
@@ -140,8 +138,11 @@ class SigPhiModel(SigPhiPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode and project images: (num_images, 3, H, W) -> (num_images, image_seq_length, text_hidden)."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Encode and project images, as transformers' Llava does: (num_images, 3, H, W) ->
+        `last_hidden_state` (num_images, image_seq_length, vision_hidden), the vision tower's selected features, and
+        `pooler_output` (num_images, image_seq_length, text_hidden), the projected features the decoder reads."""
         tower = self.vision_tower
         pixel_values = pixel_values.to(dtype=tower.patch_embed.proj.weight.dtype)
         layer = self.config.vision_config.vision_feature_layer
@@ -151,7 +152,8 @@ class SigPhiModel(SigPhiPreTrainedModel):
             features = tower.forward_intermediates(
                 pixel_values, indices=[layer], output_fmt="NLC", intermediates_only=True
             )[0]
-        return self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+        projected = self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=projected)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None,
                              inputs_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -178,15 +180,15 @@ class SigPhiModel(SigPhiPreTrainedModel):
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
 
-    def check_context_length(self, n_new_tokens: int, past_key_values: Cache | None) -> None:
+    def check_context_length(self, n_new_tokens: int, cache: Cache | None) -> None:
         """Refuse a sequence longer than the decoder's context (`text_config.max_position_embeddings`).
 
         RoPE would otherwise run on past the positions the decoder was trained for and answer with silent
         garbage. The check lives here, not in the processor, because every path reaches this forward (processor,
         pipeline, TRL's fused-head training, raw `input_ids`), only the model's config knows the context, and
-        only here is the generated part of the sequence (`past_key_values`) known.
+        only here is the generated part of the sequence (the KV cache) known.
         """
-        n_cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+        n_cached = cache.get_seq_length() if cache is not None else 0
         limit = self.config.text_config.max_position_embeddings
         if n_cached + n_new_tokens > limit:
             raise ValueError(
@@ -203,32 +205,36 @@ class SigPhiModel(SigPhiPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> SigPhiModelOutputWithPast:
+        r"""
+        kwargs: passed to the decoder (`use_cache`, `output_hidden_states`, `output_attentions`, ...); the KV cache
+            goes in as `cache` or `past_key_values` (transformers ≥ 5.24 and older releases respectively).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        self.check_context_length((input_ids if input_ids is not None else inputs_embeds).shape[1], past_key_values)
+        cache = pop_cache(kwargs)
+        self.check_context_length((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_features = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_image_features(pixel_values).pooler_output
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         return SigPhiModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            **{CACHE_NAME: output_cache(outputs)},
         )
 
 
@@ -326,8 +332,8 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     def freeze_vision_tower(self, freeze: bool = True) -> None:
         """Stop (or restart) training the image encoder, as in stage-1 alignment and QLoRA fine-tuning."""
@@ -358,7 +364,6 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -368,14 +373,16 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids` (the loss shifts them). Positions of `<image>` tokens and
             padding are ignored here, whatever the caller put there.
+        kwargs: as for [`SigPhiModel.forward`], the KV cache included (`cache` or `past_key_values`).
         """
+        cache = pop_cache(kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -390,10 +397,10 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         return SigPhiCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            **{CACHE_NAME: output_cache(outputs)},
         )
 
 

@@ -12,7 +12,6 @@ from PIL import Image
 from transformers import ProcessorMixin, SiglipImageProcessor
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import MultiModalData
-from transformers.image_transforms import convert_to_rgb
 
 IMAGE_TOKEN = "<image>"
 
@@ -55,7 +54,10 @@ def to_rgb(image):
         if image.mode == "F" and values.max() <= 1.0:
             high = 1.0
         image = Image.fromarray(np.clip(np.round(values * 255.0 / high), 0, 255).astype(np.uint8), mode="L")
-    return Image.fromarray(convert_to_rgb(image, return_numpy=True))
+    if "A" in image.getbands() or "transparency" in image.info:  # alpha (or a transparent palette entry) on white
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _map_images(images, fn):

@@ -211,7 +211,9 @@ def test_sdpa_attention_is_the_default(tiny):
 def test_an_earlier_vision_layer_can_feed_the_projector():
     model, processor = build_tiny_sigphi(seed=5, vision_feature_layer=-2)
     features = model.get_image_features(inputs_for(processor)["pixel_values"])
-    assert features.shape == (1, processor.image_seq_length, model.config.text_config.hidden_size)
+    assert features.pooler_output.shape == (1, processor.image_seq_length, model.config.text_config.hidden_size)
+    # The tower's own features (vision width) of the chosen block come back beside the projected ones.
+    assert features.last_hidden_state.shape == (1, processor.image_seq_length, model.config.vision_config.hidden_size)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
