@@ -47,19 +47,24 @@ class BuildModelArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the random initialisation."})
 
 
-def build_tiny_sigphi(seed: int = 0, vision_feature_layer: int = -1
-                      ) -> tuple[SigPhiForConditionalGeneration, SigPhiProcessor]:
-    """A random-weight SigPhi small enough to train on 2 CPU cores (≈1 M parameters)."""
+def build_tiny_sigphi(seed: int = 0, vision_feature_layer: int = -1, vision_kwargs: dict | None = None,
+                      text_kwargs: dict | None = None) -> tuple[SigPhiForConditionalGeneration, SigPhiProcessor]:
+    """A random-weight SigPhi small enough to train on 2 CPU cores (≈0.6 M parameters).
+
+    `vision_kwargs` / `text_kwargs` override the tiny timm tower's and Phi-3's settings (e.g. `{"img_size": 216}`
+    for the real model's 27×27 patch grid, or narrower widths for test fixtures).
+    """
     torch.manual_seed(seed)
     tokenizer = build_byte_level_tokenizer()
-    tower = timm.create_model(TINY_VISION_MODEL, pretrained=False, num_classes=0, **TINY_VISION_KWARGS)
-    vision_config = describe_timm_tower(tower, TINY_VISION_MODEL, TINY_VISION_KWARGS, vision_feature_layer)
+    vision_kwargs = {**TINY_VISION_KWARGS, **(vision_kwargs or {})}
+    tower = timm.create_model(TINY_VISION_MODEL, pretrained=False, num_classes=0, **vision_kwargs)
+    vision_config = describe_timm_tower(tower, TINY_VISION_MODEL, vision_kwargs, vision_feature_layer)
     text_config = Phi3Config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
-        **TINY_TEXT_KWARGS,
+        **{**TINY_TEXT_KWARGS, **(text_kwargs or {})},
     )
     config = SigPhiConfig(
         vision_config=vision_config,
