@@ -22,9 +22,17 @@ class RetrieverGeneratorConfig(PreTrainedConfig):
         retriever (`MultimodalRetrieverConfig` or `dict`): the retriever.
         generator (`PreTrainedConfig` or `dict`): any image-text-to-text model (SigPhi by default; `mllama` for
             Llama-3.2-Vision).
-        n_docs (`int`): how many retrieved documents the generator reads.
+        n_docs (`int`): how many retrieved documents the generator reads (RAG's `n_docs`).
         document_template (`str`): how each document is shown to the generator; `{document}` is replaced by a
             text document's text, or by the image of an image document.
+        marginalize (`bool`): read each document in its own sequence and score a choice by
+            `log sum_k softmax(doc_scores / doc_temperature)_k * p(choice | question, image, document_k)`
+            (RAG-Sequence). False pastes the documents into one prompt instead.
+        doc_temperature (`float`): temperature `tau` of the document posterior; `doc_scores` are the retriever's
+            logits (scaled cosine similarities).
+        length_normalize (`bool`): score a choice by the mean of its tokens' log-probabilities instead of their
+            sum (the log-likelihood). Off by default.
+        weights_in_subfolders (`bool`): set when saving: the weights live in `retriever/` and `generator/` only.
     """
 
     model_type = "retriever_generator"
@@ -32,8 +40,12 @@ class RetrieverGeneratorConfig(PreTrainedConfig):
 
     retriever: dict | PreTrainedConfig | None = None
     generator: dict | PreTrainedConfig | None = None
-    n_docs: int = 1
+    n_docs: int = 5
     document_template: str = "Document: {document}\n"
+    marginalize: bool = True
+    doc_temperature: float = 1.0
+    length_normalize: bool = False
+    weights_in_subfolders: bool = False
 
     def __post_init__(self, **kwargs):
         self.retriever = resolve_sub_config(self.retriever, "multimodal_retriever", PROJECT_CONFIGS)
@@ -41,6 +53,10 @@ class RetrieverGeneratorConfig(PreTrainedConfig):
         if self.document_template.count(DOCUMENT_PLACEHOLDER) != 1:
             raise ValueError(f"document_template must contain {DOCUMENT_PLACEHOLDER} exactly once, "
                              f"got {self.document_template!r}")
+        if self.n_docs < 1:
+            raise ValueError(f"n_docs must be at least 1, got {self.n_docs}")
+        if self.doc_temperature <= 0:
+            raise ValueError(f"doc_temperature must be positive, got {self.doc_temperature}")
         super().__post_init__(**kwargs)
 
     @classmethod

@@ -138,6 +138,97 @@ class RetrieverGeneratorProcessor:
         return self.generator_processor(text=texts, images=images, padding=True, padding_side="right",
                                         return_tensors="pt")
 
+    def _process_prompts(self, prompts: list[str], images: list[list[Image.Image]]) -> BatchFeature:
+        """One prompt per row, each with its own images, left-padded (the answer follows the last token)."""
+        images = [[to_rgb(image) for image in row] for row in images] if any(images) else None
+        return self.generator_processor(text=prompts, images=images, padding=True, padding_side="left",
+                                        return_tensors="pt")
+
+    def _choice_token_ids(self, prompt: str, choices: list[str], messages: list[dict]) -> list[list[int]]:
+        """The tokens that follow `prompt` when each choice is the assistant's answer (its text and the end of the
+        turn), checked to tokenize the same after the prompt as in the whole conversation."""
+        tokenizer = getattr(self.generator_processor, "tokenizer", self.generator_processor)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        token_ids = []
+        for choice in choices:
+            text = self.generator_processor.apply_chat_template(messages + [assistant_message(choice)])
+            if not text.startswith(prompt):
+                raise ValueError("The chat template renders an answer after something other than the generation "
+                                 "prompt.")
+            ids = tokenizer(text[len(prompt):], add_special_tokens=False)["input_ids"]
+            if prompt_ids + ids != tokenizer(text)["input_ids"]:
+                raise ValueError("The answer choices change how the prompt is tokenized; end the prompt with a "
+                                 "separator.")
+            if not ids:
+                raise ValueError(f"The answer choice {choice!r} renders to no tokens.")
+            token_ids.append(ids)
+        return token_ids
+
+    def marginal_inputs(self, questions: list[str], images: list, documents: list[list[dict | None]],
+                        choices: list[list[str]], document_template: str) -> BatchFeature:
+        """Generator inputs that read every retrieved document in its own sequence (RAG-Sequence layout).
+
+        `documents[b]` holds the `n_docs` documents of question `b` (the same number for every question; `None`
+        stands for "no document": the prompt then holds the question alone) and `choices[b]` its answer choices
+        (the same number for every question). Returns, left-padded, the prompts of the `batch * n_docs`
+        question-document pairs (`input_ids`, `attention_mask`, the images' tensors), and `choice_ids` /
+        `choice_attention_mask` (`batch * num_choices`, right-padded): the tokens of each answer choice (its text
+        and the end of the turn), to be scored after each of its question's prompts.
+        """
+        n_docs, num_choices = len(documents[0]), len(choices[0])
+        if any(len(row) != n_docs for row in documents) or any(len(row) != num_choices for row in choices):
+            raise ValueError("Every question of a batch needs the same number of documents and of choices.")
+        prompts, prompt_images, choice_ids = [], [], []
+        for question, image, row, row_choices in zip(questions, images, documents, choices):
+            for k, document in enumerate(row):
+                messages, doc_images = self.conversation(question, image, [document] if document else [],
+                                                         document_template)
+                prompts.append(self.generator_processor.apply_chat_template(messages, add_generation_prompt=True))
+                prompt_images.append(doc_images)
+                if k == 0:
+                    choice_ids += self._choice_token_ids(prompts[-1], row_choices, messages)
+        inputs = self._process_prompts(prompts, prompt_images)
+        length = max(len(ids) for ids in choice_ids)
+        pad = getattr(self.generator_processor, "tokenizer", self.generator_processor).pad_token_id or 0
+        inputs["choice_ids"] = torch.tensor([ids + [pad] * (length - len(ids)) for ids in choice_ids])
+        inputs["choice_attention_mask"] = torch.tensor([[1] * len(ids) + [0] * (length - len(ids))
+                                                        for ids in choice_ids])
+        inputs["n_docs"] = n_docs
+        return inputs
+
+    def pair_inputs(self, question: str, image: Image.Image | None, documents: list[dict | None],
+                    choices: list[str], document_template: str) -> BatchFeature:
+        """The per-pair layout (one whole sequence per document x choice, document-major): `choice_inputs` for
+        each document in turn, in one right-padded batch. The reference the cached scoring is checked against."""
+        texts, images, prompts = [], [], []
+        for document in documents:
+            messages, doc_images = self.conversation(question, image, [document] if document else [],
+                                                     document_template)
+            prompt = self.generator_processor.apply_chat_template(messages, add_generation_prompt=True)
+            prompts.append(self._process_prompts([prompt], [doc_images])["input_ids"].shape[1])
+            for choice in choices:
+                texts.append(self.generator_processor.apply_chat_template(messages + [assistant_message(choice)]))
+                images.append(doc_images)
+        images = [[to_rgb(image) for image in row] for row in images] if any(images) else None
+        inputs = self.generator_processor(text=texts, images=images, padding=True, padding_side="right",
+                                          return_tensors="pt")
+        choice_labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
+        for row, n_prompt in enumerate(torch.tensor(prompts).repeat_interleave(len(choices)).tolist()):
+            choice_labels[row, :n_prompt] = IGNORE_INDEX
+        inputs["choice_labels"] = choice_labels
+        return inputs
+
+    def generation_batch(self, question: str, image: Image.Image | None, documents: list[dict | None],
+                         document_template: str) -> BatchFeature:
+        """Left-padded generator inputs of one prompt per document, each ending where the answer starts."""
+        prompts, images = [], []
+        for document in documents:
+            messages, doc_images = self.conversation(question, image, [document] if document else [],
+                                                     document_template)
+            prompts.append(self.generator_processor.apply_chat_template(messages, add_generation_prompt=True))
+            images.append(doc_images)
+        return self._process_prompts(prompts, images)
+
     def generation_inputs(self, question: str, image: Image.Image | None, documents: list[dict],
                           document_template: str) -> BatchFeature:
         """Generator inputs of one prompt ending where the assistant's answer starts."""

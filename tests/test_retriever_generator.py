@@ -10,6 +10,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaIma
 
 from configuration import RetrieverGeneratorConfig
 from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoice, SigPhiForConditionalGeneration
+from modeling.modeling_retriever_generator import marginalize
 from processing import RetrieverGeneratorProcessor
 from tests.conftest import hub_user_python
 from train.build_model import build_tiny_sigphi
@@ -104,17 +105,75 @@ def hand_computed_log_likelihoods(generator, generator_processor, messages, imag
     return scores
 
 
-def test_choice_scores_are_the_generators_log_likelihood_of_each_answer(task, model_and_processor):
+def test_marginalisation_matches_a_hand_computed_two_document_example():
+    # p(choice | q, d): document 1 says choice 0 (0.6 / 0.4), document 2 says choice 1 (0.1 / 0.9).
+    # doc_scores log 3 and log 1 at tau = 1 give p(d | q) = 0.75 / 0.25, so
+    # p(choice 0) = 0.75 * 0.6 + 0.25 * 0.1 = 0.475 and p(choice 1) = 0.75 * 0.4 + 0.25 * 0.9 = 0.525.
+    doc_choice_scores = torch.tensor([[[0.6, 0.4], [0.1, 0.9]]]).log()
+    logits, posterior = marginalize(doc_choice_scores, torch.tensor([[3.0, 1.0]]).log())
+    torch.testing.assert_close(posterior, torch.tensor([[0.75, 0.25]]))
+    torch.testing.assert_close(logits.exp(), torch.tensor([[0.475, 0.525]]))
+    # At tau = 2 the posterior flattens to sqrt(3) : 1.
+    _, flatter = marginalize(doc_choice_scores, torch.tensor([[3.0, 1.0]]).log(), doc_temperature=2.0)
+    torch.testing.assert_close(flatter, torch.tensor([[3 ** 0.5, 1.0]]) / (3 ** 0.5 + 1))
+    # Without doc_scores every document weighs the same.
+    torch.testing.assert_close(marginalize(doc_choice_scores, None)[0].exp(), torch.tensor([[0.35, 0.65]]))
+
+
+def test_choice_scores_marginalise_the_generators_log_likelihood_over_two_documents(task, model_and_processor):
     model, processor = model_and_processor
     example, documents = question_with_documents(task)
     image = example.image.convert("RGB")
-    prediction = model.predict(processor, example.question, image, example.answer_choices, documents)
+    doc_scores = torch.tensor([2.0, 0.5])
+    prediction = model.predict(processor, example.question, image, example.answer_choices, documents,
+                               doc_scores=doc_scores)
 
+    per_document = torch.tensor([hand_computed_log_likelihoods(
+        model.generator, processor.generator_processor, *processor.conversation(example.question, image, [doc],
+                                                                                 TEMPLATE), example.answer_choices)
+        for doc in documents])  # (2 documents, 4 choices), each document read in its own sequence
+    torch.testing.assert_close(prediction.doc_choice_scores, per_document, atol=1e-4, rtol=1e-5)
+    posterior = doc_scores.softmax(-1)
+    torch.testing.assert_close(prediction.doc_posterior, posterior)
+    expected = (posterior[:, None] * per_document.exp()).sum(0).log()
+    torch.testing.assert_close(prediction.choice_scores, expected, atol=1e-4, rtol=1e-5)
+    assert prediction.label == int(expected.argmax())
+
+
+def test_per_pair_scoring_gives_the_same_scores_as_cached_scoring(task, model_and_processor):
+    model, processor = model_and_processor
+    example, (text_doc, image_doc) = question_with_documents(task)
+    documents = [text_doc, image_doc, task.corpus[3], text_doc, image_doc]  # 5 documents, lengths differ
+    cached, pairs = (model.predict(processor, example.question, example.image, example.answer_choices, documents,
+                                   doc_scores=torch.arange(5.0), scoring=scoring) for scoring in ("cached", "pairs"))
+    torch.testing.assert_close(cached.doc_choice_scores, pairs.doc_choice_scores, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(cached.choice_scores, pairs.choice_scores, atol=1e-4, rtol=1e-5)
+
+
+def test_length_normalisation_divides_by_the_number_of_answer_tokens(task, model_and_processor):
+    model, processor = model_and_processor
+    example, documents = question_with_documents(task)
+    choices = ["red", "a very long answer about yellow"]
+    summed, normalised = (model.predict(processor, example.question, example.image, choices, documents[:1],
+                                        length_normalize=flag) for flag in (False, True))
+    tokenizer = getattr(processor.generator_processor, "tokenizer", processor.generator_processor)
+    messages = processor.conversation(example.question, example.image, documents[:1], TEMPLATE)[0]
+    prompt = processor.generator_processor.apply_chat_template(messages, add_generation_prompt=True)
+    counts = torch.tensor([len(ids) for ids in processor._choice_token_ids(prompt, choices, messages)])
+    assert counts[1] > counts[0] > 0
+    torch.testing.assert_close(normalised.doc_choice_scores, summed.doc_choice_scores / counts)
+
+
+def test_concatenation_stays_an_option(task, model_and_processor):
+    model, processor = model_and_processor
+    example, documents = question_with_documents(task)
+    image = example.image.convert("RGB")
+    prediction = model.predict(processor, example.question, image, example.answer_choices, documents,
+                               marginalize=False)
     messages, images = processor.conversation(example.question, image, documents, TEMPLATE)
     expected = hand_computed_log_likelihoods(model.generator, processor.generator_processor, messages, images,
                                              example.answer_choices)
     torch.testing.assert_close(prediction.choice_scores, torch.tensor(expected), atol=1e-4, rtol=1e-5)
-    assert prediction.label == max(range(len(expected)), key=expected.__getitem__)
 
 
 def test_generate_answers_in_free_text(task, model_and_processor):
@@ -136,14 +195,22 @@ def test_the_prompt_shows_text_documents_as_text_and_image_documents_as_images(t
     assert assistant["content"] == [{"type": "text", "text": "red"}]
 
 
-def test_forward_scores_every_choice_and_trains_on_the_right_one(task, model_and_processor):
+def test_forward_marginalises_and_trains_the_retriever_through_doc_scores(task, model_and_processor):
     model, processor = model_and_processor
     example, documents = question_with_documents(task)
-    inputs = processor.choice_inputs(example.question, example.image, documents, example.answer_choices, TEMPLATE)
-    output = model(**inputs, labels=torch.tensor([example.label]))
+    inputs = processor.marginal_inputs([example.question], [example.image], [documents], [example.answer_choices],
+                                       TEMPLATE)
+    doc_scores = torch.tensor([[1.0, -1.0]], requires_grad=True)
+    label = torch.tensor([example.label])
+    output = model(**inputs, doc_scores=doc_scores, labels=label)
     assert output.logits.shape == (1, len(example.answer_choices))
-    expected_loss = torch.nn.functional.cross_entropy(output.logits, torch.tensor([example.label]))
+    assert output.doc_choice_scores.shape == (1, 2, len(example.answer_choices))
+    marginal = torch.logsumexp(output.doc_choice_scores + doc_scores.log_softmax(-1)[..., None], dim=1)
+    torch.testing.assert_close(output.logits, marginal)
+    expected_loss = torch.nn.functional.cross_entropy(marginal, label) - marginal[0, example.label]
     torch.testing.assert_close(output.loss, expected_loss)
+    output.loss.backward()
+    assert doc_scores.grad is not None and doc_scores.grad.abs().sum() > 0
 
 
 def test_predict_reads_the_top_retrieved_documents(task, model_and_processor):
