@@ -9,12 +9,14 @@ search (`"Flat"`) suits corpora up to ~100 k documents on a CPU; larger ones tak
 faiss and datasets are imported where they are used, so a model folder loads without them.
 """
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from transformers.utils import cached_file
 
+logger = logging.getLogger(__name__)
 INDEX_NAME = "embeddings"
 DOCUMENTS_FILE = "documents.parquet"
 INDEX_FILE = "documents.faiss"
@@ -69,8 +71,13 @@ class DocumentIndex:
         return np.asarray(result.total_scores), np.asarray(result.total_indices)
 
     def documents(self, ids) -> list[dict]:
-        """The documents with these ids, as `{"text", "image"}` dicts (negative ids are skipped)."""
-        return [self.dataset[int(i)] for i in ids if i >= 0]
+        """The documents with these ids, as `{"text", "image"}` dicts. Negative ids (FAISS's -1: fewer documents
+        found than asked) are skipped and logged."""
+        ids = [int(i) for i in ids]
+        if any(i < 0 for i in ids):
+            logger.warning("%d of %d document ids are -1 (the index found fewer documents than asked); they are "
+                           "skipped.", sum(i < 0 for i in ids), len(ids))
+        return [self.dataset[i] for i in ids if i >= 0]
 
     def save(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)

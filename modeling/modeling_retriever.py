@@ -248,8 +248,9 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
     ) -> MultimodalRetrieverOutput:
         r"""
         Query inputs as `encode_queries` takes them, document inputs (prefixed `document_`) as `encode_documents`
-        takes them. Query and document images go through the image tower in one batch, so its batch statistics
-        (BatchNorm) see them together, as they are compared.
+        takes them. Query and document images go through the image tower in one batch; use a tower whose
+        normalisation works per image (ViT LayerNorm, GroupNorm: the tiny preset's ResNet uses `groupnorm1`), since
+        BatchNorm in training mode would mix the statistics of the queries and the documents they are compared with.
 
         labels (`torch.BoolTensor` of shape `(n_queries, n_documents)`, *optional*):
             True where a document is relevant to a query; every other document of the batch is a negative.

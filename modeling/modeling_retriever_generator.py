@@ -400,6 +400,11 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
             config = RetrieverGeneratorConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder,
                                                               **hub_kwargs)
         if not config.weights_in_subfolders:  # older layout: every weight at the top level too
+            saved = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, subfolder=subfolder,
+                                                     **hub_kwargs)[0]
+            if "n_docs" not in saved:  # saved when the default was one document
+                config.n_docs = 1
+            kwargs["config"] = config
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
             model.retriever.locate_document_index(pretrained_model_name_or_path,
                                                   subfolder=os.path.join(subfolder, "retriever"), **hub_kwargs)

@@ -74,8 +74,23 @@ def test_infonce_is_cross_entropy_over_documents_and_sigmoid_is_siglips_pairwise
                                torch.logsumexp(logits[0], 0) - torch.logsumexp(logits[0, :2], 0))
 
 
+def test_the_tiny_image_tower_normalises_each_image_by_itself(task, tiny):
+    """No batch statistic: in training mode an image embeds the same alone as among other images (BatchNorm would
+    mix query and document images trained in one batch)."""
+    model, processor = tiny
+    model.train()
+    images = [e.image for e in task.examples[:6] if e.image is not None]
+    pixels = processor.process_queries(["q"] * len(images), images)["pixel_values"]
+    with torch.no_grad():
+        together = model.encode_images(pixels)
+        alone = torch.cat([model.encode_images(pixels[i:i + 1]) for i in range(len(images))])
+    model.eval()
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.image_model.modules())
+
+
 def test_a_training_batch_with_a_single_image_document_trains(task, tiny):
-    """Query and document images share one image-tower batch, so BatchNorm never sees a batch of one."""
+    """Query and document images share one image-tower batch; a batch of one image document still trains."""
     model, processor = tiny
     model.train()
     example = task.examples[0]

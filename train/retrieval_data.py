@@ -18,6 +18,7 @@ and the question together. See `write_retrieval_vqa`.
 import csv
 import io
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from PIL import Image
 from train.cli import InvalidInput
 from train.data import open_image, read_text_file
 
+logger = logging.getLogger(__name__)
 RETRIEVAL_COLUMNS = ("question_text", "question_image", "answer_choices", "label", "documents")
+DOCUMENTS_COLUMN = "documents"  # optional when a corpus file is given: the answers alone then teach the retriever
 
 
 @dataclass
@@ -50,8 +53,24 @@ class RetrievalTask:
     examples: list[RetrievalExample]
     corpus: list[dict]
 
-    def documents(self, ids: list[int]) -> list[dict]:
-        return [self.corpus[i] for i in ids]
+    @property
+    def has_gold_documents(self) -> bool:
+        return any(example.gold_document_ids for example in self.examples)
+
+    def without_gold_documents(self) -> "RetrievalTask":
+        """The same questions and corpus with the gold-document labels dropped (answers-only supervision)."""
+        return RetrievalTask([RetrievalExample(e.question, e.image, e.answer_choices, e.label, [])
+                              for e in self.examples], self.corpus)
+
+    def documents(self, ids) -> list[dict]:
+        """The documents with these ids. An id of -1 (FAISS's "no result": an IVF/HNSW index can find fewer
+        documents than asked) is skipped and logged, never read as `corpus[-1]`."""
+        ids = [int(i) for i in ids]
+        missing = sum(i < 0 for i in ids)
+        if missing:
+            logger.warning("%d of %d retrieved document ids are -1 (the index found fewer documents than asked); "
+                           "they are skipped.", missing, len(ids))
+        return [self.corpus[i] for i in ids if i >= 0]
 
 
 class _CorpusBuilder:
@@ -88,11 +107,12 @@ def _json_cell(record: dict, column: str, where: str):
         raise InvalidInput(f"{where}, column '{column}': invalid JSON ({error.msg} at character {error.pos})") from None
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path, documents_optional: bool = False) -> list[dict]:
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file")
     reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
-    missing = [column for column in RETRIEVAL_COLUMNS if column not in (reader.fieldnames or [])]
+    required = [c for c in RETRIEVAL_COLUMNS if not (documents_optional and c == DOCUMENTS_COLUMN)]
+    missing = [column for column in required if column not in (reader.fieldnames or [])]
     if missing:
         raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(RETRIEVAL_COLUMNS)})")
     try:
@@ -123,6 +143,8 @@ def _read_example(record: dict, path: Path, number: int, corpus: _CorpusBuilder)
         raise InvalidInput(f"{where}, column 'label': {label} is out of range for {len(choices)} answer choices "
                            f"(0 to {len(choices) - 1})")
 
+    if record.get(DOCUMENTS_COLUMN, "") == "":  # no column, or an empty cell: learn from the answer alone
+        return RetrievalExample(question, image, choices, label, [])
     documents = _json_cell(record, "documents", where)
     if not isinstance(documents, list) or not documents:
         raise InvalidInput(f"{where}, column 'documents': expected a non-empty JSON list of documents")
@@ -147,11 +169,17 @@ def _add_corpus_jsonl(path: str | os.PathLike, corpus: _CorpusBuilder) -> None:
 
 
 def load_retrieval_task(csv_path: str | os.PathLike, corpus_path: str | os.PathLike | None = None) -> RetrievalTask:
-    """Read and validate a seed CSV (and an optional distractor corpus) into questions and their corpus."""
+    """Read and validate a seed CSV (and an optional corpus of further documents) into questions and their corpus.
+
+    The `documents` column (a row's gold documents) may be left out, or a cell left empty, when `corpus_path` is
+    given: those questions then have no gold documents (`gold_document_ids == []`) and the retriever learns them
+    from the answers alone. Without `corpus_path` the column is required (there would be nothing to retrieve).
+    """
     path = Path(csv_path)
     corpus = _CorpusBuilder()
     examples = [_read_example(record, path, number, corpus)
-                for number, record in enumerate(_read_rows(path), start=1)]
+                for number, record in enumerate(_read_rows(path, documents_optional=corpus_path is not None),
+                                                start=1)]
     if corpus_path is not None:
         _add_corpus_jsonl(corpus_path, corpus)
     return RetrievalTask(examples, corpus.documents)

@@ -32,7 +32,10 @@ from train.retriever_training import rank_documents, train_retriever
 from train.tokenizer import build_byte_level_tokenizer
 
 TINY_RETRIEVER_IMAGE_MODEL = "resnet18"
-TINY_RETRIEVER_IMAGE_KWARGS = {"layers": [1, 1, 1, 1], "channels": [32, 64, 64, 128], "stem_width": 16}
+# GroupNorm with one group (a LayerNorm over channels and pixels): unlike BatchNorm it normalises each image by
+# itself, so query and document images trained in one batch never share a statistic.
+TINY_RETRIEVER_IMAGE_KWARGS = {"layers": [1, 1, 1, 1], "channels": [32, 64, 64, 128], "stem_width": 16,
+                               "norm_layer": "groupnorm1"}
 TINY_RETRIEVER_TEXT_KWARGS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                               "num_attention_heads": 4, "max_position_embeddings": 64}
 SIGPHI_LORA_TARGETS = r".*language_model.*\.(qkv_proj|o_proj|gate_up_proj|down_proj)"
