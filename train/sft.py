@@ -13,14 +13,15 @@ The output folder holds the adapter and processor; `train.merge_lora` turns it i
 
 from dataclasses import dataclass, field
 
-import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import BitsAndBytesConfig, set_seed
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers import set_seed
 from trl import SFTConfig
 
 from train.cli import InvalidInput, run_cli
 from train.data import load_conversations
-from train.training import LANGUAGE_MODEL_LORA_TARGETS, load_sigphi, machine_defaults, train_with_sft
+from train.training import (COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, LANGUAGE_MODEL_LORA_TARGETS, compute_in,
+                            load_sigphi, lora_config, machine_defaults, quantization_config, resolve_compute_dtype,
+                            train_with_sft)
 
 
 @dataclass
@@ -36,36 +37,28 @@ class SFTArguments:
     lora_target_modules: str = field(default=LANGUAGE_MODEL_LORA_TARGETS,
                                      metadata={"help": "Regex of the modules that get LoRA adapters."})
     train_projector: bool = field(default=True, metadata={"help": "Also train the projector (fully)."})
+    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
 
 
 SFT_DEFAULTS = {**machine_defaults(), "learning_rate": 2e-4, "num_train_epochs": 1.0,
                 "per_device_train_batch_size": 8}
 
 
-def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
-    """NF4 4-bit with double quantization (QLoRA), or LLM.int8; compute in bf16 on a GPU, fp32 on a CPU."""
-    if quantization == "none":
-        return None
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
-
-
 def prepare_qlora_model(args: SFTArguments, training_args: SFTConfig):
     """(PEFT model, processor): quantized load, k-bit preparation, LoRA on the language model."""
-    quantization = quantization_config(args.quantization)
+    dtype = resolve_compute_dtype(args.compute_dtype)
+    quantization = quantization_config(args.quantization, dtype)
     model, processor = load_sigphi(args.model_name_or_path, quantization_config=quantization)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
-    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=args.lora_target_modules, task_type="CAUSAL_LM",
-                      modules_to_save=["multi_modal_projector"] if args.train_projector else None)
+    print(f"compute dtype: {str(dtype).removeprefix('torch.')}")
+    lora = lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_projector)
     try:
         peft_model = get_peft_model(model, lora)
     except ValueError as error:
         raise InvalidInput(f"--lora_target_modules {args.lora_target_modules!r}: {error}") from None
+    if quantization is None:  # k-bit preparation already made every unquantized tensor float32
+        compute_in(peft_model, dtype)
     return peft_model, processor
 
 
