@@ -115,11 +115,11 @@ def make_standins(folder: Path, shapes: str) -> None:
     print("result:", json.dumps({"vision_parameters": n_vision, "text_parameters": n_text, "text_dtype": str(model.dtype)}))
 
 
-def load_4bit(folder: str) -> None:
+def load_4bit(folder: str, compute_dtype: str = "auto") -> None:
     """What `train.sft --quantization 4bit` does first: the built folder loaded with NF4 decoder weights."""
-    from train.training import load_sigphi, quantization_config, resolve_compute_dtype
+    from train.training import checkpoint_dtype, load_sigphi, quantization_config, resolve_compute_dtype
 
-    dtype = resolve_compute_dtype("auto")
+    dtype = resolve_compute_dtype(compute_dtype, checkpoint_dtype(folder))
     model, _ = load_sigphi(folder, quantization_config=quantization_config("4bit", dtype))
     held = {}
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -252,11 +252,15 @@ def safetensors_dtypes(folder: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: int) -> list[tuple[str, list[str]]]:
+def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: int,
+           compute_dtype: str = "auto") -> list[tuple[str, list[str]]]:
+    import torch
+
     from train.training import resolve_compute_dtype
 
     python = sys.executable
-    compute_dtype = str(resolve_compute_dtype("auto")).removeprefix("torch.")
+    dtype_flag = [] if compute_dtype == "auto" else ["--compute_dtype", compute_dtype]
+    compute_dtype = str(resolve_compute_dtype(compute_dtype, torch.bfloat16)).removeprefix("torch.")
     vision_model, vision_kwargs = f"{VISION_MODEL}.webli", {"img_size": 224} if on_cpu else {}
     if shapes == "tiny":
         vision_model, vision_kwargs = TINY_VISION_MODEL, {**TINY_VISION_KWARGS, "img_size": 32}
@@ -271,15 +275,15 @@ def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: i
         ("stand-ins", [python, "-m", "bench.real_size", "--make_standins", str(work / "standins"), "--shapes", shapes]),
         ("make_dataset", [python, "-m", "train.make_dataset", "digits", "--output_dir", str(work / "data")]),
         ("build_model", build),
-        ("load 4-bit", [python, "-m", "bench.real_size", "--load_4bit", str(work / "base")]),
+        ("load 4-bit", [python, "-m", "bench.real_size", "--load_4bit", str(work / "base"), *dtype_flag]),
         ("align", [python, "-m", "train.align", "--model_name_or_path", str(work / "base"), "--dataset",
                    str(work / "data"), "--output_dir", str(work / "aligned"),
                    *(batch or ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "4"]),
-                   "--max_steps", str(align_steps), *short]),
+                   "--max_steps", str(align_steps), *short, *dtype_flag]),
         ("sft 4-bit", [python, "-m", "train.sft", "--model_name_or_path", str(work / "aligned"), "--dataset",
                        str(work / "data"), "--quantization", "4bit", "--output_dir", str(work / "sft"),
                        *(batch or ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "8"]),
-                       "--gradient_checkpointing", "--max_steps", str(sft_steps), *short]),
+                       "--gradient_checkpointing", "--max_steps", str(sft_steps), *short, *dtype_flag]),
         ("merge_lora", [python, "-m", "train.merge_lora", "--adapter", str(work / "sft"), "--output_dir",
                         str(work / "final"), "--dtype", "bfloat16"]),
         ("clean load + generate + save + reload",
@@ -303,7 +307,7 @@ def run(args) -> dict:
     results = []
     started = time.time()
     with open(work / "log.txt", "a") as log:
-        for name, argv in recipe(work, args.shapes, on_cpu, args.align_steps, args.sft_steps):
+        for name, argv in recipe(work, args.shapes, on_cpu, args.align_steps, args.sft_steps, args.compute_dtype):
             if time.time() > deadline:
                 results.append({"step": name, "command": " ".join(argv), "ok": False, "skipped": True,
                                 "error": "not started: the run's time budget was spent"})
@@ -415,6 +419,8 @@ def main() -> None:
     parser.add_argument("--align_steps", type=int, default=3)
     parser.add_argument("--sft_steps", type=int, default=2)
     parser.add_argument("--max_rss_gb", type=float, default=16.0)
+    parser.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="Passed to align and sft (auto: bf16 where the device computes it natively, else fp32).")
     parser.add_argument("--time_budget_min", type=float, default=60.0)
     parser.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"),
                         help="Markdown file whose 'Real size' section is (re)written; '' for none.")
@@ -427,7 +433,7 @@ def main() -> None:
     if args.make_standins:
         return make_standins(Path(args.make_standins), args.shapes)
     if args.load_4bit:
-        return load_4bit(args.load_4bit)
+        return load_4bit(args.load_4bit, args.compute_dtype)
     args.command_line = "python -m bench.real_size" + "".join(
         f" {a}" for a in sys.argv[1:])
     summary = run(args)

@@ -8,9 +8,10 @@ pretrained towers know is disturbed. Data: a Parquet dataset folder in TRL conve
 seed's CSV (`image,question,answer`) or a JSON/JSONL file of the same records. The output is a full
 SigPhi checkpoint (model + processor) that stage 2 starts from, in the dtype it was loaded in.
 
-`--compute_dtype auto` (the default) computes in bfloat16 on a GPU and in float32 on a CPU without native
-bfloat16; the frozen decoder keeps its stored bfloat16 weights either way (cast one layer at a time), so a
-Phi-3-mini-sized decoder needs ~9 GB, not the ~17 GB of a float32 copy.
+`--compute_dtype auto` (the default) computes in bfloat16 on a GPU, and on a CPU in the checkpoint's dtype,
+except that a bfloat16 checkpoint computes in float32 on a CPU without native bfloat16; the frozen towers keep
+their stored bfloat16 weights either way (cast one layer at a time inside the matmul), so a Phi-3-mini-sized
+decoder needs ~10 GB, not the ~17 GB of a float32 copy.
 """
 
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ def main(args: AlignArguments, training_args: SFTConfig) -> None:
     model, processor = load_sigphi(args.model_name_or_path)
     model.freeze_vision_tower()
     model.freeze_language_model()
-    dtype = resolve_compute_dtype(args.compute_dtype)
+    dtype = resolve_compute_dtype(args.compute_dtype, model.get_input_embeddings().weight.dtype)
     restore_dtypes = compute_in(model, dtype)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"compute dtype: {str(dtype).removeprefix('torch.')}")

@@ -19,8 +19,8 @@ from trl import SFTConfig
 
 from train.cli import InvalidInput, run_cli
 from train.data import load_conversations
-from train.training import (COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, LANGUAGE_MODEL_LORA_TARGETS, compute_in,
-                            load_sigphi, lora_config, machine_defaults, quantization_config, resolve_compute_dtype,
+from train.training import (COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, LANGUAGE_MODEL_LORA_TARGETS,
+                            checkpoint_dtype, compute_in, load_sigphi, lora_config, machine_defaults, quantization_config, resolve_compute_dtype,
                             train_with_sft)
 
 
@@ -46,7 +46,7 @@ SFT_DEFAULTS = {**machine_defaults(), "learning_rate": 2e-4, "num_train_epochs":
 
 def prepare_qlora_model(args: SFTArguments, training_args: SFTConfig):
     """(PEFT model, processor): quantized load, k-bit preparation, LoRA on the language model."""
-    dtype = resolve_compute_dtype(args.compute_dtype)
+    dtype = resolve_compute_dtype(args.compute_dtype, checkpoint_dtype(args.model_name_or_path))
     quantization = quantization_config(args.quantization, dtype)
     model, processor = load_sigphi(args.model_name_or_path, quantization_config=quantization)
     if quantization is not None:

@@ -37,9 +37,10 @@ def machine_defaults() -> dict:
 
 
 COMPUTE_DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
-COMPUTE_DTYPE_HELP = ("Dtype the step computes in. 'auto': bfloat16 on a GPU that supports it and on a CPU with native "
-                      "bfloat16 (AVX512-BF16/AMX, Arm BF16), float32 otherwise (a bfloat16 matmul on a CPU without it "
-                      "runs at about 1 % of float32 speed). Frozen bfloat16 weights stay bfloat16 in memory.")
+COMPUTE_DTYPE_HELP = ("Dtype the step computes in. 'auto': on a GPU, bfloat16 where supported; on a CPU, the "
+                      "checkpoint's own dtype, except that a bfloat16/float16 checkpoint computes in float32 on a CPU "
+                      "without native bfloat16 (AVX512-BF16/AMX, Arm BF16), where a bfloat16 matmul runs at about 1 % "
+                      "of float32 speed. Frozen weights keep their stored dtype in memory either way.")
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -57,13 +58,30 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def resolve_compute_dtype(choice: str = "auto") -> torch.dtype:
-    """The dtype a training step computes in: `choice`, or for 'auto' what the device runs fast (see COMPUTE_DTYPE_HELP)."""
+def resolve_compute_dtype(choice: str = "auto", stored_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a training step computes in: `choice`, or for 'auto' what this device runs fast (COMPUTE_DTYPE_HELP),
+    given the dtype the checkpoint is stored in (`stored_dtype`, float32 when unknown)."""
     if choice != "auto":
         return getattr(torch, choice)
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    stored = stored_dtype or torch.float32
+    if stored in (torch.bfloat16, torch.float16):
+        return torch.bfloat16 if stored == torch.bfloat16 and cpu_has_native_bf16() else torch.float32
+    return stored
+
+
+def checkpoint_dtype(path: str) -> torch.dtype | None:
+    """The dtype a saved model folder (or Hub id) stores its weights in, read from its config; None if unknown."""
+    from transformers import AutoConfig
+
+    try:
+        dtype = getattr(AutoConfig.from_pretrained(path, trust_remote_code=True), "dtype", None)
+    except (OSError, ValueError):
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 class _FrozenWeightLinear(torch.autograd.Function):
@@ -122,7 +140,8 @@ def compute_in(model: torch.nn.Module, dtype: torch.dtype):
 
 def quantization_config(quantization: str, compute_dtype: torch.dtype | None = None):
     """`BitsAndBytesConfig` for `--quantization`: NF4 4-bit with double quantization (QLoRA) or LLM.int8, None for
-    'none'; 4-bit layers compute in `compute_dtype` (default: what `--compute_dtype auto` picks for this device)."""
+    'none'; 4-bit layers compute in `compute_dtype` (default: what `--compute_dtype auto` picks for a float32
+    checkpoint on this device: bfloat16 on a GPU, float32 on a CPU)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "none":
@@ -130,7 +149,7 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype | None = N
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype or resolve_compute_dtype("auto"))
+                              bnb_4bit_compute_dtype=compute_dtype or resolve_compute_dtype("auto", torch.float32))
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = None,
