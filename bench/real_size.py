@@ -202,7 +202,7 @@ def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, de
             for key in peak:
                 peak[key] = max(peak[key], status.get(key, 0))
             if status.get("VmRSS", 0) > max_rss and not killed:
-                killed.append(f"killed: RSS {status['VmRSS'] / 2**30:.1f} GB over the {max_rss / 2**30:.0f} GB limit")
+                killed.append(f"killed: RSS {status['VmRSS'] / 2**30:.1f} GiB over the {max_rss / 2**30:.0f} GiB limit")
                 os.kill(process.pid, signal.SIGKILL)
             if deadline is not None and time.time() > deadline and not killed:
                 killed.append("killed: the run's time budget was spent")
@@ -228,7 +228,7 @@ def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, de
               "exit_status": code, "ok": code == 0, "error": error, "dtype": dtypes[-1] if dtypes else None,
               "info": jsons[-1] if jsons else None}
     print(f"[real_size] {name}: {'ok' if code == 0 else 'FAILED'} in {seconds:.0f} s, peak RSS "
-          f"{usage.ru_maxrss / 2**20:.2f} GB{'' if code == 0 else ' — ' + str(error)}", flush=True)
+          f"{usage.ru_maxrss / 2**20:.2f} GiB{'' if code == 0 else ' — ' + str(error)}", flush=True)
     return result
 
 
@@ -253,7 +253,7 @@ def safetensors_dtypes(folder: Path) -> dict[str, int]:
 
 
 def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: int,
-           compute_dtype: str = "auto") -> list[tuple[str, list[str]]]:
+           compute_dtype: str = "auto", img_size: int | None = None) -> list[tuple[str, list[str]]]:
     import torch
 
     from train.training import resolve_compute_dtype
@@ -261,7 +261,8 @@ def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: i
     python = sys.executable
     dtype_flag = [] if compute_dtype == "auto" else ["--compute_dtype", compute_dtype]
     compute_dtype = str(resolve_compute_dtype(compute_dtype, torch.bfloat16)).removeprefix("torch.")
-    vision_model, vision_kwargs = f"{VISION_MODEL}.webli", {"img_size": 224} if on_cpu else {}
+    img_size = img_size or (224 if on_cpu else 384)
+    vision_model, vision_kwargs = f"{VISION_MODEL}.webli", {"img_size": img_size} if img_size != 384 else {}
     if shapes == "tiny":
         vision_model, vision_kwargs = TINY_VISION_MODEL, {**TINY_VISION_KWARGS, "img_size": 32}
     batch = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1"] if on_cpu else []
@@ -292,6 +293,10 @@ def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: i
     ]
 
 
+# Folders that no later step reads (the adapter's base is the aligned folder), deleted unless --keep_outputs.
+NOT_NEEDED_AFTER = {"build_model": ("standins",), "align": ("base",), "merge_lora": ("aligned", "sft")}
+
+
 def run(args) -> dict:
     import torch
 
@@ -307,7 +312,8 @@ def run(args) -> dict:
     results = []
     started = time.time()
     with open(work / "log.txt", "a") as log:
-        for name, argv in recipe(work, args.shapes, on_cpu, args.align_steps, args.sft_steps, args.compute_dtype):
+        for name, argv in recipe(work, args.shapes, on_cpu, args.align_steps, args.sft_steps, args.compute_dtype,
+                                 args.img_size):
             if time.time() > deadline:
                 results.append({"step": name, "command": " ".join(argv), "ok": False, "skipped": True,
                                 "error": "not started: the run's time budget was spent"})
@@ -321,6 +327,12 @@ def run(args) -> dict:
                                 "error": f"not started: {results[-1]['step']} failed"})
                 continue
             results.append(run_step(name, argv, max_rss, log, deadline=deadline))
+            if not args.keep_outputs:  # disk: at most two model folders at a time
+                for sub in NOT_NEEDED_AFTER.get(name, ()):
+                    if (work / sub).is_symlink():
+                        (work / sub).unlink()
+                    elif (work / sub).exists():
+                        shutil.rmtree(work / sub)
             if name == "build_model" and results[-1]["ok"]:
                 results[-1]["folder_bytes"] = folder_bytes(work / "base")
                 results[-1]["folder_dtypes"] = safetensors_dtypes(work / "base")
@@ -333,7 +345,7 @@ def run(args) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), native bf16: "
                    f"{cpu_has_native_bf16()}, torch {torch.__version__}, Python {platform.python_version()}",
-        "shapes": args.shapes, "on_cpu": on_cpu, "total_seconds": round(time.time() - started, 1),
+        "shapes": args.shapes, "on_cpu": on_cpu, "img_size": args.img_size or (224 if on_cpu else 384), "total_seconds": round(time.time() - started, 1),
         "command": args.command_line, "steps": results,
     }
     with open(work / "results.json", "w") as handle:
@@ -350,7 +362,7 @@ def run(args) -> dict:
 
 
 def _gb(value) -> str:
-    return f"{value / 2**30:.2f}" if value else "–"
+    return f"{value / 2**30:.2f}" if value else "–"  # GiB
 
 
 def render_section(summary: dict) -> str:
@@ -363,11 +375,13 @@ def render_section(summary: dict) -> str:
              "`ru_maxrss`; it counts the pages of memory-mapped checkpoint files, so the anonymous part (memory the "
              "process itself holds, sampled from `/proc`) is given beside it.", ""]
     if summary["on_cpu"]:
-        lines += ["Shrunk on this CPU, as README allows there: `--vision_kwargs '{\"img_size\": 224}'` (256 image "
-                  "tokens instead of 729), `--per_device_train_batch_size 1 --gradient_accumulation_steps 1`, "
+        image = (f"`--vision_kwargs '{{\"img_size\": {summary['img_size']}}}'` ({(summary['img_size'] // 14) ** 2} "
+                 "image tokens instead of 729), " if summary["img_size"] != 384 else "")
+        lines += ["Shrunk on this CPU, as README allows there: " + image +
+                  "`--per_device_train_batch_size 1 --gradient_accumulation_steps 1`, "
                   "`--max_steps` of a few steps, and the bundled digits data (one-token answers; README's teacher "
                   "data needs a Hub model). Nothing else: full depth and width, Phi-3's vocabulary, bf16 folders.", ""]
-    lines += ["| step | status | wall time (s) | peak RSS (GB) | peak anonymous (GB) | dtype | command |",
+    lines += ["| step | status | wall time (s) | peak RSS (GiB) | peak anonymous (GiB) | dtype | command |",
               "|---|---|---|---|---|---|---|"]
     for s in summary["steps"]:
         status = "ok" if s["ok"] else ("not run" if s.get("skipped") else "**failed**")
@@ -381,7 +395,7 @@ def render_section(summary: dict) -> str:
         lines += ["", *[f"- {s['step']}: {s['error']}" for s in failures]]
     bf16 = steps.get("build_model", {}).get("folder_bytes")
     if bf16:
-        lines += ["", f"bf16 model size (the built folder's safetensors): **{bf16 / 2**30:.2f} GB**.", ""]
+        lines += ["", f"bf16 model size (the built folder's safetensors): **{bf16 / 2**30:.2f} GiB** ({bf16:,} bytes).", ""]
         for name, goal, what in [("build_model", 1.2, "building from parts"),
                                  ("load 4-bit", 0.6, "4-bit loading of the built folder"),
                                  ("merge_lora", None, "merging the adapter (bf16 written)")]:
@@ -391,6 +405,11 @@ def render_section(summary: dict) -> str:
                 target = f" (goal ≤ {goal}×: RSS {'meets' if rss <= goal else 'misses'}, anonymous " \
                          f"{'meets' if anon <= goal else 'misses'})" if goal else ""
                 lines.append(f"- {what}: peak RSS **{rss:.2f}×**, anonymous **{anon:.2f}×** the bf16 size{target}")
+        lines += ["", "Where peak RSS passes a goal that the anonymous memory meets, the difference is the checkpoint's "
+                  "file pages: transformers (5.24, `modeling_utils.py` line 4579) opens every shard with "
+                  "`safe_open(..., backend=\"mmap\")` and closes them only after the last weight is loaded (line "
+                  "4600), so every page it read stays mapped, and counted in RSS, until then. They are clean page "
+                  "cache the kernel can drop under memory pressure, not memory the process holds.", ""]
         final = steps.get("merge_lora", {}).get("folder_dtypes")
         if final:
             lines.append(f"- merged folder's tensors by dtype (bytes): {final}")
@@ -419,6 +438,8 @@ def main() -> None:
     parser.add_argument("--align_steps", type=int, default=3)
     parser.add_argument("--sft_steps", type=int, default=2)
     parser.add_argument("--max_rss_gb", type=float, default=16.0)
+    parser.add_argument("--img_size", type=int, default=None,
+                        help="Image size of the tower (default: 224 on a CPU, as README allows there; 384 on a GPU).")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="Passed to align and sft (auto: bf16 where the device computes it natively, else fp32).")
     parser.add_argument("--time_budget_min", type=float, default=60.0)
