@@ -21,13 +21,15 @@ from transformers import (AddedToken, AutoModel, AutoModelForCausalLM, AutoToken
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from configuration.configuration_sigphi import SigPhiConfig, SigPhiVisionConfig
 from processing.processing_sigphi import IMAGE_TOKEN, SigPhiProcessor
 
 from .self_contained_saving import SelfContainedSaveMixin
-from .transformers_compat import CACHE_NAME, output_cache, pop_cache
+from .timm_vision import build_vision_tower, describe_timm_tower, record_blocks, select_features
+from .transformers_compat import CACHE_NAME, output_cache, take_cache
 
 IGNORE_INDEX = -100
 
@@ -36,41 +38,19 @@ IGNORE_INDEX = -100
 # (`cache` from 5.24, `past_key_values` before) and transformers' own renaming shims apply to them.
 @dataclass
 class SigPhiModelOutputWithPast(BaseModelOutputWithPast):
-    """Decoder outputs plus `image_hidden_states`: (num_images, image_seq_length, text_hidden_size)."""
+    """Decoder outputs plus the images': `image_hidden_states` (num_images, image_seq_length, text_hidden_size), the
+    projected features the decoder read, and `image_outputs`, all that `get_image_features` returned."""
 
     image_hidden_states: torch.Tensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
 class SigPhiCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """Language-modelling outputs of [`SigPhiForConditionalGeneration`], plus `image_hidden_states`."""
+    """Language-modelling outputs of [`SigPhiForConditionalGeneration`], plus the images' (as in the model output)."""
 
     image_hidden_states: torch.Tensor | None = None
-
-
-def build_vision_tower(vision_config: SigPhiVisionConfig) -> nn.Module:
-    """Rebuild the timm image encoder from its config alone (never downloads: weights come from the checkpoint)."""
-    return timm.create_model(vision_config.timm_model_name, pretrained=False, **vision_config.timm_kwargs)
-
-
-def describe_timm_tower(tower: nn.Module, timm_model_name: str, timm_kwargs: dict,
-                        vision_feature_layer: int = -1) -> SigPhiVisionConfig:
-    """The `SigPhiVisionConfig` of a built timm tower: size, width, normalisation read off the model itself.
-
-    The input size comes from the patch embedding, not from `resolve_model_data_config`, which reports
-    the pretrained size even when `img_size` was overridden.
-    """
-    pretrained_cfg = getattr(tower, "pretrained_cfg", {}) or {}
-    return SigPhiVisionConfig(
-        timm_model_name=timm_model_name,
-        timm_kwargs={key: value for key, value in timm_kwargs.items() if key != "pretrained_cfg_overlay"},
-        hidden_size=tower.num_features,
-        vision_feature_layer=vision_feature_layer,
-        image_size=tower.patch_embed.img_size[0],
-        image_mean=pretrained_cfg.get("mean", (0.5, 0.5, 0.5)),
-        image_std=pretrained_cfg.get("std", (0.5, 0.5, 0.5)),
-        resample=pretrained_cfg.get("interpolation", "bicubic"),
-    )
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class SigPhiMultiModalProjector(nn.Module):
@@ -99,8 +79,7 @@ class SigPhiPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
     _no_split_modules = ["Phi3DecoderLayer", "Block", "SigPhiMultiModalProjector"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     # Kept out of bitsandbytes quantization (4-/8-bit loading quantizes every other nn.Linear); upcast in fp16.
-    # Listed with and without the `model.` prefix: quantizers match names from the start of the module path.
-    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector"]
+    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -139,21 +118,24 @@ class SigPhiModel(SigPhiPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                           output_attentions: bool | None = None, **kwargs) -> BaseModelOutputWithPooling:
         """Encode and project images, as transformers' Llava does: (num_images, 3, H, W) ->
-        `last_hidden_state` (num_images, image_seq_length, vision_hidden), the vision tower's selected features, and
-        `pooler_output` (num_images, image_seq_length, text_hidden), the projected features the decoder reads."""
+        `last_hidden_state` (num_images, image_seq_length, vision_hidden), the vision tower's selected features,
+        `pooler_output` (num_images, image_seq_length, text_hidden), the projected features the decoder reads, and,
+        when asked (or set in the config), the tower's per-block `hidden_states` and `attentions`."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         tower = self.vision_tower
         pixel_values = pixel_values.to(dtype=tower.patch_embed.proj.weight.dtype)
-        layer = self.config.vision_config.vision_feature_layer
-        if layer == -1:
-            features = tower.forward_features(pixel_values)[:, getattr(tower, "num_prefix_tokens", 0) :]
-        else:
-            features = tower.forward_intermediates(
-                pixel_values, indices=[layer], output_fmt="NLC", intermediates_only=True
-            )[0]
+        with record_blocks(tower, output_hidden_states, output_attentions) as (hidden_states, attentions):
+            features = select_features(tower, pixel_values, self.config.vision_config.vision_feature_layer)
         projected = self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
-        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=projected)
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=projected,
+                                          hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+                                          attentions=tuple(attentions) if attentions is not None else None)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None,
                              inputs_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -205,27 +187,32 @@ class SigPhiModel(SigPhiPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SigPhiModelOutputWithPast:
         r"""
-        kwargs: passed to the decoder (`use_cache`, `output_hidden_states`, `output_attentions`, ...); the KV cache
-            goes in as `cache` or `past_key_values` (transformers ≥ 5.24 and older releases respectively).
+        cache (`Cache`, *optional*): the KV cache; `past_key_values=` is accepted too (the name before
+            transformers 5.24, which its `generate` still passes).
+        kwargs: passed to the decoder (`use_cache`, `output_hidden_states`, `output_attentions`, ...).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        cache = pop_cache(kwargs)
+        cache = take_cache(cache, kwargs)
         self.check_context_length((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
+        image_outputs = image_features = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values).pooler_output
+            image_outputs = self.get_image_features(pixel_values, output_hidden_states=kwargs.get("output_hidden_states"),
+                                                    output_attentions=kwargs.get("output_attentions"), return_dict=True)
+            image_features = image_outputs.pooler_output
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **{CACHE_NAME: cache},
             **kwargs,
         )
@@ -234,6 +221,7 @@ class SigPhiModel(SigPhiPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            image_outputs=image_outputs,
             **{CACHE_NAME: output_cache(outputs)},
         )
 
@@ -242,6 +230,9 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
     """SigPhi with its LM head: answers questions about images with `generate()`, trains with TRL's `SFTTrainer`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    # Also with the `model.` prefix here: bitsandbytes' quantizer matches names from the start of the module path.
+    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector"]
 
     def __init__(self, config: SigPhiConfig):
         super().__init__(config)
@@ -364,24 +355,26 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SigPhiCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids` (the loss shifts them). Positions of `<image>` tokens and
             padding are ignored here, whatever the caller put there.
-        kwargs: as for [`SigPhiModel.forward`], the KV cache included (`cache` or `past_key_values`).
+        cache, kwargs: as for [`SigPhiModel.forward`].
         """
-        cache = pop_cache(kwargs)
+        cache = take_cache(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **{CACHE_NAME: cache},
             **kwargs,
         )
@@ -400,6 +393,7 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             **{CACHE_NAME: output_cache(outputs)},
         )
 

@@ -129,6 +129,15 @@ class SigPhiProcessor(ProcessorMixin):
                 raise ValueError(f"Sample {index} of the batch has {n_placeholders} {self.image_token} tokens and "
                                  f"{len(sample_images)} images: each placeholder takes one image of its own sample.")
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, minus one side effect: writing a remote-code processor's `auto_map`
+        leaves it as an attribute of the instance, so the saved processor would no longer equal (`to_dict`) the
+        one loaded back from its folder. The folder keeps its `auto_map`; the instance forgets it."""
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length
 

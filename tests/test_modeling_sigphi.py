@@ -89,7 +89,12 @@ def test_hidden_states_attentions_and_tuple_outputs_are_honoured():
         as_tuple = model(**inputs, return_dict=False)
     assert len(out.hidden_states) == n_layers + 1
     assert len(out.attentions) == n_layers
-    assert isinstance(as_tuple, tuple) and torch.allclose(as_tuple[0], out.logits)
+    # The vision tower's too, one per block (+ the patch embeddings), attention rows summing to 1.
+    depth = len(model.model.vision_tower.blocks)
+    assert len(out.image_outputs.hidden_states) == depth + 1 and len(out.image_outputs.attentions) == depth
+    assert torch.allclose(out.image_outputs.attentions[0].sum(-1), torch.ones(()), atol=1e-5)
+    # Reading the tower's attention maps runs timm's written-out softmax instead of fused SDPA: equal up to rounding.
+    assert isinstance(as_tuple, tuple) and torch.allclose(as_tuple[0], out.logits, atol=1e-5)
 
 
 def test_greedy_generate_with_kv_cache_equals_without(tiny, generate_kwargs):
@@ -106,7 +111,8 @@ def test_pixel_values_are_encoded_only_on_the_first_generation_step(tiny, genera
     model, processor = tiny
     encoded = []
     original = model.model.get_image_features
-    model.model.get_image_features = lambda pixel_values: encoded.append(pixel_values.shape) or original(pixel_values)
+    model.model.get_image_features = lambda pixel_values, **kwargs: (encoded.append(pixel_values.shape)
+                                                                      or original(pixel_values, **kwargs))
     try:
         with torch.no_grad():
             model.generate(**inputs_for(processor), **generate_kwargs)
