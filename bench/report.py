@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench import retrieval_scoring  # noqa: E402
+
 
 def _fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
@@ -202,7 +204,9 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
     ]
     body = (_train_section(results) + _generation_section(results) + ["![generation](docs/generation.png)", ""]
             + _processor_section(results) + _machine_section(results) + _quantization_section(results)
-            + _retrieval_section(results, plot_dir) + _quickstart_section(results) + _gpu_section(results))
+            + _retrieval_section(results, plot_dir)
+            + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
+            + _quickstart_section(results) + _gpu_section(results))
     _plots(results, plot_dir)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(header + body) + "\n")

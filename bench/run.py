@@ -15,16 +15,17 @@ import time
 
 import torch
 
-from bench import generation, processor, quantization, retrieval, train_step
+from bench import generation, processor, quantization, retrieval, retrieval_scoring, train_step
 from bench.measure import matmul_flops_per_second
 from bench.report import write_report
 
 SETTINGS = {
     "quick": {"shape": "quick", "train_repeats": 3, "new_tokens": (32, 128), "gen_repeats": 2,
-              "batches": (1, 8, 32), "proc_repeats": 3, "retrieval_sizes": (10_000,), "compile": False},
+              "batches": (1, 8, 32), "proc_repeats": 3, "retrieval_sizes": (10_000,), "compile": False,
+              "scoring_questions": 8, "scoring_repeats": 1},
     "full": {"shape": "full", "train_repeats": 5, "new_tokens": (32, 128, 256), "gen_repeats": 3,
              "batches": (1, 8, 32), "proc_repeats": 5, "retrieval_sizes": (10_000, 100_000, 1_000_000),
-             "compile": True},
+             "compile": True, "scoring_questions": 16, "scoring_repeats": 3},
 }
 
 
@@ -37,7 +38,8 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-SECTIONS = ("matmul_flops_per_second", "train_step", "generation", "processor", "quantization", "retrieval")
+SECTIONS = ("matmul_flops_per_second", "train_step", "generation", "processor", "quantization", "retrieval",
+            "retrieval_scoring")
 
 
 def timed(results: dict, selected: set[str], name: str, fn, *args):
@@ -78,6 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         timed(results, selected, "quantization", quantization.run, settings["shape"], folder)
     timed(results, selected, "retrieval", retrieval.run, settings["retrieval_sizes"])
+    timed(results, selected, "retrieval_scoring", retrieval_scoring.run, settings["scoring_questions"],
+          settings["scoring_repeats"])
     if os.path.exists(args.quickstart_metrics):
         with open(args.quickstart_metrics) as handle:
             results["quickstart"] = json.load(handle)
