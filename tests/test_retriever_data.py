@@ -124,3 +124,35 @@ def test_archive_documents_paint_the_questioned_drawing_itself():
     drawing = Image.fromarray(np.array([[0, 255], [128, 0]], dtype=np.uint8), mode="L")
     assert np.array_equal(np.asarray(painted(drawing, "red")),
                           [[[0, 0, 0], [230, 40, 40]], [[115, 20, 20], [0, 0, 0]]])
+
+
+def test_a_faiss_id_of_minus_one_is_skipped_and_reported(tmp_path, caplog):
+    task = load_retrieval_task(write_csv(tmp_path, [GOOD_ROW]))
+    assert len(task.corpus) == 3
+    with caplog.at_level("WARNING", logger="train.retrieval_data"):
+        documents = task.documents(np.array([2, 0, -1, -1]))  # FAISS pads a short result list with -1
+    assert [doc["text"] for doc in documents] == ["Unrelated.", "The digit is blue."]  # never corpus[-1]
+    assert "2 of 4 retrieved document ids are -1" in caplog.text
+
+
+def test_the_document_index_skips_and_reports_minus_one_too(caplog):
+    from modeling import DocumentIndex
+
+    embeddings = np.eye(3, 4, dtype=np.float32)
+    index = DocumentIndex.build([{"text": t} for t in "abc"], embeddings)
+    with caplog.at_level("WARNING", logger="modeling.document_index"):
+        assert [doc["text"] for doc in index.documents([1, -1])] == ["b"]
+    assert "1 of 2 document ids are -1" in caplog.text
+
+
+def test_the_documents_column_is_optional_with_a_corpus(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('"The digit is blue."\n"The digit is red."\n')
+    path = write_csv(tmp_path, [GOOD_ROW, {**GOOD_ROW, "label": "0"}], columns=RETRIEVAL_COLUMNS[:-1])
+    task = load_retrieval_task(path, tmp_path / "corpus.jsonl")
+    assert [e.gold_document_ids for e in task.examples] == [[], []] and not task.has_gold_documents
+    assert [doc["text"] for doc in task.corpus] == ["The digit is blue.", "The digit is red."]
+    # An empty cell is a row without gold documents; other rows keep theirs.
+    mixed = load_retrieval_task(write_csv(tmp_path, [GOOD_ROW, {**GOOD_ROW, "documents": ""}]),
+                                tmp_path / "corpus.jsonl")
+    assert mixed.examples[0].gold_document_ids and mixed.examples[1].gold_document_ids == []
+    assert mixed.without_gold_documents().examples[0].gold_document_ids == []

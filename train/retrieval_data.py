@@ -217,13 +217,22 @@ def catalogue_names(rng: random.Random, count: int) -> list[str]:
     names = set()
     while len(names) < count:
         names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize())
-    return sorted(names, key=lambda _: rng.random())
+    return sorted(sorted(names), key=lambda _: rng.random())  # sorted first: set order varies by process
 
 
 def _choices(rng: random.Random, answer: str) -> tuple[list[str], int]:
     choices = rng.sample([c for c in COLOURS if c != answer], N_CHOICES - 1) + [answer]
     rng.shuffle(choices)
     return choices, choices.index(answer)
+
+
+def _write_rows(path: Path, rows: list, with_documents: bool = True) -> None:
+    columns = RETRIEVAL_COLUMNS if with_documents else RETRIEVAL_COLUMNS[:-1]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for image_path, question, choices, label, documents, *_ in rows:
+            writer.writerow([question, image_path, json.dumps(choices), label, json.dumps(documents)][:len(columns)])
 
 
 def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int = 150, n_test_catalogues: int = 10,
@@ -243,7 +252,11 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
 
     Train and test use disjoint catalogues and disjoint drawings (test = `load_digits` indices divisible by 5),
     so test facts were never seen in training; catalogue questions show drawings no archive picture shows.
-    `corpus.jsonl` adds distractors from a third set of catalogues and drawings, for training and evaluation alike. Returns the number of rows per file.
+    `corpus.jsonl` adds distractors from a third set of catalogues and drawings, for training and evaluation alike.
+    Also written: `train_answers_only.csv` (the training questions without the `documents` column) with
+    `train_documents.jsonl` (their documents and the distractors, the corpus to retrieve from when training from
+    the answers alone), and `test_swapped.csv` (the test questions with every fact's colour drawn anew: same images
+    and catalogues, different answers). Returns the number of rows per file.
     """
     from train.make_dataset import digits_splits
 
@@ -261,7 +274,8 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
         image.save(output_dir / "images" / name)
         return f"images/{name}"
 
-    sizes = {}
+    sizes, written = {}, {}
+    swap_rng = random.Random(seed + 1)  # its own generator: the files above stay what they were
     for split in ("train", "test"):
         painted_drawings = n_archive[split] + (n_distractor_drawings if split == "train" else 0)
         by_digit = {}  # the drawings no archive picture shows, by digit
@@ -274,18 +288,16 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
                 index, image = rng.choice(by_digit[digit])
                 choices, label = _choices(rng, colour)
                 rows.append([save(image, f"{index:04d}.png"), catalogue_question(catalogue), choices, label,
-                             [catalogue_fact(catalogue, digit, colour)]])
+                             [catalogue_fact(catalogue, digit, colour)], (catalogue, digit, colour)])
         for index, image, _ in drawings[split][:n_archive[split]]:
             colour = rng.choice(list(COLOURS))
             choices, label = _choices(rng, colour)
             rows.append([save(image, f"{index:04d}.png"), ARCHIVE_QUESTION, choices, label,
-                         [{"image": save(painted(image, colour), f"{index:04d}_{colour}.png")}]])
+                         [{"image": save(painted(image, colour), f"{index:04d}_{colour}.png")}],
+                         (index, image, colour)])
         rng.shuffle(rows)
-        with open(output_dir / f"{split}.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(RETRIEVAL_COLUMNS)
-            for image_path, question, choices, label, documents in rows:
-                writer.writerow([question, image_path, json.dumps(choices), label, json.dumps(documents)])
+        _write_rows(output_dir / f"{split}.csv", rows)
+        written[split] = rows
         sizes[split] = len(rows)
 
     distractors = [catalogue_fact(catalogue, digit, rng.choice(list(COLOURS)))
@@ -296,4 +308,23 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
     with open(output_dir / "corpus.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(item) + "\n" for item in distractors)
     sizes["corpus"] = len(distractors)
+
+    # Answers only: the training questions without their documents column; the documents go to the corpus file.
+    _write_rows(output_dir / "train_answers_only.csv", written["train"], with_documents=False)
+    train_documents = list({json.dumps(doc): doc for row in written["train"] for doc in row[4]}.values())
+    with open(output_dir / "train_documents.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(item) + "\n" for item in train_documents + distractors)
+
+    # Facts swapped: the same test questions (same images, same catalogues), every fact's colour drawn anew.
+    swapped = []
+    for image_path, question, _, _, _, (key, detail, colour) in written["test"]:
+        new_colour = swap_rng.choice([c for c in COLOURS if c != colour])
+        choices, label = _choices(swap_rng, new_colour)
+        if isinstance(key, str):  # a catalogue fact
+            document = catalogue_fact(key, detail, new_colour)
+        else:  # an archive drawing, painted anew
+            document = {"image": save(painted(detail, new_colour), f"{key:04d}_{new_colour}.png")}
+        swapped.append([image_path, question, choices, label, [document], None])
+    _write_rows(output_dir / "test_swapped.csv", swapped)
+    sizes["test_swapped"] = len(swapped)
     return sizes
