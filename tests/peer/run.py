@@ -78,6 +78,14 @@ def summary_counts(output: str) -> dict[str, int]:
         if last else {}
 
 
+def skip_reasons(output: str) -> dict[str, int]:
+    """pytest's `SKIPPED [n] file:line: reason` lines, counted by reason (the file and line vary, the reason not)."""
+    reasons = {}
+    for count, reason in re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", output, re.MULTILINE):
+        reasons[reason] = reasons.get(reason, 0) + int(count)
+    return reasons
+
+
 def run_suite(name: str, python: Path, pytest_args: list[str]) -> tuple[dict[str, int], str]:
     version = transformers_version(python)
     with tempfile.TemporaryDirectory(prefix="sigphi-peer-") as tmp:
@@ -87,7 +95,11 @@ def run_suite(name: str, python: Path, pytest_args: list[str]) -> tuple[dict[str
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
         result = run([python, "-m", "pytest", "-q", "-rfEs", "-p", "no:randomly", models.relative_to(suite),
                       *pytest_args], cwd=suite, env=env, timeout=1800)
-    print(f"=== {name}: transformers {version}\n{result.stdout[-20000:]}{result.stderr[-3000:]}", flush=True)
+    failures = "\n".join(line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR")))
+    print(f"=== {name}: transformers {version}\n{failures}\n{result.stdout.splitlines()[-1:]}\n"
+          f"{result.stderr[-3000:]}\nskipped, by reason:", flush=True)
+    for reason, count in sorted(skip_reasons(result.stdout).items(), key=lambda item: -item[1]):
+        print(f"  {count:3d}  {reason}")
     return summary_counts(result.stdout), version
 
 
