@@ -147,3 +147,9 @@ def test_merge_writes_the_base_dtype_by_default(bf16_dir, digits, tmp_path):
              "--output_dir", str(adapter), *STEP_FLAGS)
     merge_lora(str(adapter), str(tmp_path / "merged"))
     assert safetensors_dtypes(tmp_path / "merged") == {"BF16"}
+
+
+@pytest.mark.parametrize("step", ["align", "sft"])
+def test_compute_dtype_flag_is_documented_in_help(step):
+    result = run_step(step, "--help")
+    assert "--compute_dtype {auto,float32,bfloat16,float16}" in result.stdout

@@ -39,7 +39,7 @@ def machine_defaults() -> dict:
 COMPUTE_DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 COMPUTE_DTYPE_HELP = ("Dtype the step computes in. 'auto': on a GPU, bfloat16 where supported; on a CPU, the "
                       "checkpoint's own dtype, except that a bfloat16/float16 checkpoint computes in float32 on a CPU "
-                      "without native bfloat16 (AVX512-BF16/AMX, Arm BF16), where a bfloat16 matmul runs at about 1 % "
+                      "without native bfloat16 (AVX512-BF16/AMX, Arm BF16), where a bfloat16 matmul runs at about 1 %% "
                       "of float32 speed. Frozen weights keep their stored dtype in memory either way.")
 
 
