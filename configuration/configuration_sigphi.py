@@ -6,6 +6,8 @@ decoder's settings where it expects them. The vision tower is a timm model, so i
 timm model name and the keyword arguments needed to rebuild it without downloading anything.
 """
 
+import math
+
 from transformers import AutoConfig, PreTrainedConfig
 
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
@@ -74,7 +76,13 @@ class SigPhiConfig(PreTrainedConfig):
         vision_config (`SigPhiVisionConfig` or `dict`): the timm image encoder.
         text_config (`Phi3Config` or `dict`): the decoder (any causal LM config works; Phi-3 is the default).
         image_token_id (`int`): id of the `<image>` placeholder token in the tokenizer.
-        image_seq_length (`int`): number of image features (and so of `<image>` tokens) per image.
+        image_seq_length (`int`): number of image features (and so of `<image>` tokens) per image, after the
+            reduction below: `reduced_image_seq_length(num_patches, image_token_reduction)`.
+        image_token_reduction (`int`): pixel-shuffle factor r of the projector. Each r×r block of neighbouring
+            patches becomes one token r² times as wide (Idefics3/SmolVLM's connector), so an image takes r² times
+            fewer decoder positions; a grid that r does not divide (SigLIP-384/14's 27×27) is padded with zero
+            features at the right and bottom to the next multiple of r. 1 (the default, and what every config
+            saved before this option reads as) keeps one token per patch.
         projector_hidden_act (`str`): activation between the projector's two linear layers.
         multimodal_projector_bias (`bool`): whether the projector's linear layers have a bias.
     """
@@ -86,6 +94,7 @@ class SigPhiConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32011
     image_seq_length: int = 729
+    image_token_reduction: int = 1
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
@@ -94,7 +103,18 @@ class SigPhiConfig(PreTrainedConfig):
         self.vision_config = resolve_sub_config(self.vision_config, "sigphi_vision",
                                                 {"sigphi_vision": SigPhiVisionConfig})
         self.text_config = resolve_sub_config(self.text_config, "phi3")
+        if not isinstance(self.image_token_reduction, int) or self.image_token_reduction < 1:
+            raise ValueError(f"image_token_reduction must be an integer >= 1, got {self.image_token_reduction!r}")
         super().__post_init__(**kwargs)
 
 
-__all__ = ["SigPhiConfig", "SigPhiVisionConfig"]
+def reduced_image_seq_length(num_patches: int, image_token_reduction: int) -> int:
+    """Tokens per image once a square grid of `num_patches` is pixel-shuffled by r (padded up to a multiple of r):
+    729 patches (27×27) give 729, 196 (14×14) and 81 (9×9) tokens for r = 1, 2, 3."""
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(f"token reduction needs a square patch grid, got {num_patches} patches")
+    return (-(-grid // image_token_reduction)) ** 2
+
+
+__all__ = ["SigPhiConfig", "SigPhiVisionConfig", "reduced_image_seq_length"]

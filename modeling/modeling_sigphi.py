@@ -11,6 +11,7 @@ the embeddings at those positions with projected image features (`masked_scatter
 labels there, because TRL's collators do not mask image tokens.
 """
 
+import math
 from dataclasses import dataclass
 
 import timm
@@ -24,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
-from configuration.configuration_sigphi import SigPhiConfig, SigPhiVisionConfig
+from configuration.configuration_sigphi import SigPhiConfig, reduced_image_seq_length
 from processing.processing_sigphi import IMAGE_TOKEN, SigPhiProcessor
 
 from .self_contained_saving import SelfContainedSaveMixin
@@ -53,17 +54,39 @@ class SigPhiCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_outputs: BaseModelOutputWithPooling | None = None
 
 
+def pixel_shuffle(features: torch.Tensor, factor: int) -> torch.Tensor:
+    """Space-to-depth on the patch grid: (num_images, g*g, C) -> (num_images, ceil(g/r)^2, C*r^2).
+
+    Each r×r block of neighbouring patches becomes one token holding their features side by side (row-major
+    within the block); a grid that r does not divide is first padded with zeros at the right and bottom.
+    """
+    if factor == 1:
+        return features
+    num_images, num_patches, channels = features.shape
+    grid = math.isqrt(num_patches)
+    padded = -(-grid // factor) * factor
+    features = features.reshape(num_images, grid, grid, channels)
+    features = nn.functional.pad(features, (0, 0, 0, padded - grid, 0, padded - grid))
+    blocks = padded // factor
+    features = features.reshape(num_images, blocks, factor, blocks, factor, channels).permute(0, 1, 3, 2, 4, 5)
+    return features.reshape(num_images, blocks * blocks, factor * factor * channels)
+
+
 class SigPhiMultiModalProjector(nn.Module):
-    """Two-layer MLP mapping vision features (vision hidden) into the decoder's embedding space (text hidden)."""
+    """Pixel shuffle by `image_token_reduction` (r), then a two-layer MLP mapping the (vision hidden × r²)-wide
+    features into the decoder's embedding space (text hidden)."""
 
     def __init__(self, config: SigPhiConfig):
         super().__init__()
+        self.image_token_reduction = config.image_token_reduction
         text_hidden = config.text_config.hidden_size
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=config.multimodal_projector_bias)
+        in_features = config.vision_config.hidden_size * self.image_token_reduction**2
+        self.linear_1 = nn.Linear(in_features, text_hidden, bias=config.multimodal_projector_bias)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=config.multimodal_projector_bias)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        image_features = pixel_shuffle(image_features, self.image_token_reduction)
         return self.linear_2(self.act(self.linear_1(image_features)))
 
 
@@ -248,6 +271,7 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         vision_kwargs: dict | None = None,
         vision_feature_layer: int = -1,
         dtype: torch.dtype = torch.float32,
+        image_token_reduction: int = 1,
         **text_kwargs,
     ) -> tuple["SigPhiForConditionalGeneration", SigPhiProcessor]:
         """Build SigPhi from a pretrained timm image encoder and a pretrained Phi-3 checkpoint.
@@ -264,6 +288,7 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
                 the weights from a local file).
             vision_feature_layer: which vision block feeds the projector (-1: final output).
             dtype: dtype of the whole model.
+            image_token_reduction: pixel-shuffle factor of the projector (see `SigPhiConfig`).
             text_kwargs: passed to `AutoModelForCausalLM.from_pretrained` (e.g. `revision`).
         """
         vision_kwargs = dict(vision_kwargs or {})
@@ -281,7 +306,8 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
             vision_config=vision_config,
             text_config=text_lm.config,
             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-            image_seq_length=tower.patch_embed.num_patches,
+            image_seq_length=reduced_image_seq_length(tower.patch_embed.num_patches, image_token_reduction),
+            image_token_reduction=image_token_reduction,
         )
         with torch.device("meta"):
             model = cls(config)

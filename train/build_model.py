@@ -16,7 +16,7 @@ import timm
 import torch
 from transformers import Phi3Config
 
-from configuration import SigPhiConfig
+from configuration import SigPhiConfig, reduced_image_seq_length
 from modeling import SigPhiForConditionalGeneration
 from modeling.modeling_sigphi import describe_timm_tower
 from processing import IMAGE_TOKEN, SigPhiProcessor
@@ -42,13 +42,17 @@ class BuildModelArguments:
     vision_weights: str | None = field(default=None, metadata={
         "help": "Local file with the timm weights (instead of downloading them)."})
     vision_feature_layer: int = field(default=-1, metadata={"help": "Vision block feeding the projector."})
+    image_token_reduction: int = field(default=1, metadata={
+        "help": "Pixel-shuffle factor r of the projector: r*r neighbouring patches become one image token "
+                "(1: one token per patch; 2: 729 -> 196 tokens for SigLIP-384/14)."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype for real parts.",
                                                     "choices": ["float32", "bfloat16", "float16"]})
     seed: int = field(default=0, metadata={"help": "Seed of the random initialisation."})
 
 
 def build_tiny_sigphi(seed: int = 0, vision_feature_layer: int = -1, vision_kwargs: dict | None = None,
-                      text_kwargs: dict | None = None) -> tuple[SigPhiForConditionalGeneration, SigPhiProcessor]:
+                      text_kwargs: dict | None = None, image_token_reduction: int = 1
+                      ) -> tuple[SigPhiForConditionalGeneration, SigPhiProcessor]:
     """A random-weight SigPhi small enough to train on 2 CPU cores (≈0.6 M parameters).
 
     `vision_kwargs` / `text_kwargs` override the tiny timm tower's and Phi-3's settings (e.g. `{"img_size": 216}`
@@ -70,7 +74,8 @@ def build_tiny_sigphi(seed: int = 0, vision_feature_layer: int = -1, vision_kwar
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=tower.patch_embed.num_patches,
+        image_seq_length=reduced_image_seq_length(tower.patch_embed.num_patches, image_token_reduction),
+        image_token_reduction=image_token_reduction,
     )
     model = SigPhiForConditionalGeneration(config)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
@@ -94,12 +99,16 @@ def parse_vision_kwargs(args: BuildModelArguments) -> dict:
 
 
 def main(args: BuildModelArguments) -> None:
+    if args.image_token_reduction < 1:
+        raise InvalidInput(f"--image_token_reduction must be 1 or more, got {args.image_token_reduction}")
     if args.preset == "tiny":
-        model, processor = build_tiny_sigphi(args.seed, args.vision_feature_layer)
+        model, processor = build_tiny_sigphi(args.seed, args.vision_feature_layer, vision_kwargs=parse_vision_kwargs(args),
+                                             image_token_reduction=args.image_token_reduction)
     elif args.vision_model and args.text_model:
         model, processor = SigPhiForConditionalGeneration.from_pretrained_components(
             vision_model=args.vision_model, text_model=args.text_model, vision_kwargs=parse_vision_kwargs(args),
-            vision_feature_layer=args.vision_feature_layer, dtype=getattr(torch, args.dtype))
+            vision_feature_layer=args.vision_feature_layer, dtype=getattr(torch, args.dtype),
+            image_token_reduction=args.image_token_reduction)
     else:
         raise InvalidInput("give --preset tiny, or both --vision_model and --text_model")
     model.save_pretrained(args.output_dir)
