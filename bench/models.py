@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Phi3Config, SiglipVisionConfig
 
-from configuration import SigPhiConfig
+from configuration import SigPhiConfig, reduced_image_seq_length
 from modeling import SigPhiForConditionalGeneration
 
 
@@ -53,15 +53,20 @@ def text_config(shape: BenchShape) -> Phi3Config:
                       original_max_position_embeddings=2048)
 
 
-def build_sigphi(shape: BenchShape, seed: int = 0) -> SigPhiForConditionalGeneration:
+def build_sigphi(shape: BenchShape, seed: int = 0, image_token_reduction: int = 1, mlp_ratio: float = 4.0,
+                 text: Phi3Config | None = None) -> SigPhiForConditionalGeneration:
+    """SigPhi of `shape` (`text` overrides the decoder config); `image_token_reduction` r shuffles r×r patches into
+    one image token."""
     torch.manual_seed(seed)
     config = SigPhiConfig(
         vision_config={"timm_model_name": "vit_base_patch16_siglip_224", "hidden_size": shape.vision_width,
                        "image_size": shape.image_size,
                        "timm_kwargs": {"img_size": shape.image_size, "patch_size": shape.patch_size,
                                        "embed_dim": shape.vision_width, "depth": shape.vision_depth,
-                                       "num_heads": shape.vision_heads, "mlp_ratio": 4.0}},
-        text_config=text_config(shape), image_token_id=shape.vocab_size - 1, image_seq_length=shape.image_tokens)
+                                       "num_heads": shape.vision_heads, "mlp_ratio": mlp_ratio}},
+        text_config=text or text_config(shape), image_token_id=shape.vocab_size - 1,
+        image_seq_length=reduced_image_seq_length(shape.image_tokens, image_token_reduction),
+        image_token_reduction=image_token_reduction)
     return SigPhiForConditionalGeneration(config)
 
 

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench import retrieval_scoring  # noqa: E402
+from bench import retrieval_scoring, token_reduction  # noqa: E402
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -206,6 +206,7 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
             + _processor_section(results) + _machine_section(results) + _quantization_section(results)
             + _retrieval_section(results, plot_dir)
             + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
+            + (token_reduction.report_section(results) if "token_reduction" in results else [])
             + _quickstart_section(results) + _gpu_section(results))
     _plots(results, plot_dir)
     with open(path, "w", encoding="utf-8") as handle:

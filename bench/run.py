@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bench import generation, processor, quantization, retrieval, retrieval_scoring, train_step
+from bench import generation, processor, quantization, retrieval, retrieval_scoring, token_reduction, train_step
 from bench.measure import matmul_flops_per_second
 from bench.report import write_report
 
@@ -39,7 +39,7 @@ def machine() -> dict:
 
 
 SECTIONS = ("matmul_flops_per_second", "train_step", "generation", "processor", "quantization", "retrieval",
-            "retrieval_scoring")
+            "retrieval_scoring", "token_reduction")
 
 
 def timed(results: dict, selected: set[str], name: str, fn, *args):
@@ -82,6 +82,7 @@ def main() -> None:
     timed(results, selected, "retrieval", retrieval.run, settings["retrieval_sizes"])
     timed(results, selected, "retrieval_scoring", retrieval_scoring.run, settings["scoring_questions"],
           settings["scoring_repeats"])
+    timed(results, selected, "token_reduction", token_reduction.run, args.quick)
     if os.path.exists(args.quickstart_metrics):
         with open(args.quickstart_metrics) as handle:
             results["quickstart"] = json.load(handle)
