@@ -173,6 +173,18 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
         total = torch.zeros(len(targets), device=per_token.device).index_add(0, rows, per_token)
         return total / scored.sum(-1).clamp(min=1).to(total.device) if length_normalize else total
 
+    def _plain_output_head(self) -> nn.Module | None:
+        """The generator's LM head when its logits are nothing but `lm_head(hidden_states)` of its base model's
+        `last_hidden_state` (SigPhi, Mllama, Llava-style models), so it can be applied to chosen positions only;
+        None for generators that change logits after the head (soft-capping, scaling) or are laid out otherwise."""
+        head = self.generator.get_output_embeddings()
+        text_config = self.generator.config.get_text_config()
+        if (head is None or self.generator.base_model is self.generator
+                or getattr(text_config, "final_logit_softcapping", None) is not None
+                or getattr(text_config, "logit_scale", None) is not None):
+            return None
+        return head
+
     def score_choices(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, choice_ids: torch.LongTensor,
                       choice_attention_mask: torch.Tensor, n_docs: int, length_normalize: bool | None = None,
                       **prompt_inputs) -> torch.Tensor:
@@ -199,6 +211,10 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
         length = choice_ids.shape[1]
         if length > 1:  # the choices' other tokens, on copies of each prompt's cache
             cache = output_cache(outputs)
+            if cache is None:
+                raise ValueError("The generator returned no KV cache for the prompts (gradient checkpointing in "
+                                 "training mode turns it off): call generator.gradient_checkpointing_disable(), or "
+                                 "score with scoring='pairs'.")
             cache.batch_repeat_interleave(num_choices)
             rows = choice_ids.view(batch, 1, num_choices, length).expand(batch, n_docs, num_choices, length)
             rows = rows.reshape(n_rows * num_choices, length)
@@ -209,10 +225,17 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
             extra = {name: prompt_inputs[name][:, -1:].repeat_interleave(num_choices, dim=0).expand(
                 -1, length - 1, *prompt_inputs[name].shape[2:])
                 for name in PER_TOKEN_INPUTS if prompt_inputs.get(name) is not None}
-            choice_outputs = self.generator(
-                input_ids=rows[:, :-1], attention_mask=torch.cat([prompt_mask, row_mask[:, :-1]], dim=-1),
-                position_ids=positions.long(), use_cache=True, **{CACHE_NAME: cache}, **extra)
-            rest = token_log_probs(choice_outputs.logits, rows[:, 1:]) * row_mask[:, 1:]
+            choice_inputs = {"input_ids": rows[:, :-1], "position_ids": positions.long(), "use_cache": True,
+                             "attention_mask": torch.cat([prompt_mask, row_mask[:, :-1]], dim=-1),
+                             CACHE_NAME: cache, **extra}
+            targets, valid = rows[:, 1:], row_mask[:, 1:].bool()
+            rest = torch.zeros(targets.shape, device=targets.device)
+            head = self._plain_output_head()
+            if head is not None:  # hidden states, then the vocabulary projection at real answer tokens only
+                hidden = self.generator.base_model(**choice_inputs).last_hidden_state
+                rest[valid] = token_log_probs(head(hidden[valid]), targets[valid])
+            else:
+                rest[valid] = token_log_probs(self.generator(**choice_inputs).logits[valid], targets[valid])
             scores = scores + rest.sum(-1).view(batch, n_docs, num_choices)
         if length_normalize:
             scores = scores / choice_attention_mask.sum(-1).view(batch, 1, num_choices)

@@ -17,8 +17,9 @@ from train.build_model import build_tiny_sigphi
 from train.cli import run_cli
 from train.evaluate_retriever_generator import EvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.generator_training import generator_rows, lora_config, train_generator
+from train.generator_training import generator_rows, lora_config, pseudo_relevant, train_generator
 from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
+from train.retriever_training import rank_documents, ranking_metrics
 from train.tokenizer import build_byte_level_tokenizer
 from train.train_retriever_generator import (SIGPHI_LORA_TARGETS, TrainRetrieverGeneratorArguments,
                                              build_tiny_retriever, load_generator, train_retriever_generator)
@@ -251,6 +252,7 @@ print(json.dumps({"classes": [type(x).__name__ for x in (retriever, retriever_pr
 
 def test_saved_folders_load_in_a_hub_users_process(task, saved, tmp_path):
     model, processor, folder = saved
+    assert not list(folder.glob("*.safetensors"))  # the composite is assembled from retriever/ and generator/
     example = next(e for e in task.examples if e.image is not None)
     example.image.save(tmp_path / "question.png")
     result = hub_user_python(HUB_USER_SCRIPT, str(folder), example.question, str(tmp_path / "question.png"),
@@ -264,6 +266,46 @@ def test_saved_folders_load_in_a_hub_users_process(task, saved, tmp_path):
     local = model.predict(processor, example.question, example.image, ["red", "blue", "green", "pink"])
     assert report["documents"] == [doc["text"] for doc in local.documents]
     torch.testing.assert_close(torch.tensor(report["scores"]), local.choice_scores, atol=1e-4, rtol=1e-5)
+
+
+def test_weights_are_saved_once_in_the_subfolders(saved):
+    model, processor, folder = saved
+    assert not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))  # no top-level copy
+    parts = {name: len(list((folder / name).glob("*.safetensors"))) for name in ("retriever", "generator")}
+    assert parts == {"retriever": 1, "generator": 1}
+    assert json.loads((folder / "config.json").read_text())["weights_in_subfolders"] is True
+    reloaded = RetrieverGeneratorForMultipleChoice.from_pretrained(folder)
+    assert reloaded.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    assert reloaded.config.n_docs == model.config.n_docs and not reloaded.training
+
+
+def test_folders_of_the_older_layout_still_load(task, saved, tmp_path):
+    """Saved before weights were stored once: every weight at the top level too, no n_docs in config.json
+    (the default was one document then). Loads with the new class, reading one document."""
+    from modeling import RetrieverGeneratorPreTrainedModel
+
+    model, processor, _ = saved
+    model.retriever.save_pretrained(tmp_path / "retriever")
+    model.generator.save_pretrained(tmp_path / "generator")
+    model.config.weights_in_subfolders = False
+    RetrieverGeneratorPreTrainedModel.save_pretrained(model, tmp_path)  # the top-level copy, as before
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("n_docs", "marginalize", "doc_temperature", "length_normalize", "weights_in_subfolders"):
+        config.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert (tmp_path / "model.safetensors").is_file()
+
+    old = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path)
+    assert old.config.n_docs == 1 and not old.config.weights_in_subfolders
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(old.state_dict()[name], tensor), name
+    example = task.examples[2]
+    torch.testing.assert_close(
+        old.predict(processor, example.question, example.image, example.answer_choices).choice_scores,
+        model.predict(processor, example.question, example.image, example.answer_choices, n_docs=1).choice_scores)
 
 
 def test_from_retriever_generator_pretrained_joins_saved_parts(saved):
@@ -349,3 +391,30 @@ def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
     tuned_weights = tuned.state_dict()
     changed = [name for name, tensor in generator.state_dict().items() if not torch.equal(tensor, tuned_weights[name])]
     assert changed and all("language_model" in name for name in changed)  # only where the LoRA adapters were
+
+
+def test_pseudo_relevance_reads_the_answer_in_text_documents():
+    choices = ["red", "blue", "green", "pink"]
+    assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is blue."}, choices, 1) is True
+    assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is red."}, choices, 1) is False
+    assert pseudo_relevant({"text": "Blue or red, nobody knows."}, choices, 1) is False  # names a wrong choice too
+    assert pseudo_relevant({"text": None, "image": object()}, choices, 1) is None  # the generator must judge
+
+
+def test_training_from_answers_only(data, task, tmp_path):
+    """No documents column: the retriever learns from pseudo-relevant documents (those containing the answer near
+    the question), then jointly with the generator; it must rank the (unnamed) gold documents better than before."""
+    args = TrainRetrieverGeneratorArguments(
+        train_csv=str(data / "train_answers_only.csv"), eval_csv=str(data / "train.csv"),
+        corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), preset="tiny",
+        retriever_epochs=6, generator_epochs=1, joint_epochs=1, pseudo_relevance_depth=10)
+    metrics = train_retriever_generator(args)
+    assert metrics["supervision"] == "answers only (pseudo-relevance)"
+    assert metrics["pseudo_labelled_questions_stage_1"] > 0 and metrics["pseudo_labelled_questions_joint"][0] > 0
+    # Evaluated on the same questions with their gold documents named, searching the same corpus.
+    untrained, untrained_processor = build_tiny_retriever(load_retrieval_task(data / "train_answers_only.csv",
+                                                                              data / "train_documents.jsonl"))
+    gold_task = load_retrieval_task(data / "train.csv", data / "train_documents.jsonl")
+    before = ranking_metrics(rank_documents(untrained.eval(), untrained_processor, gold_task, 10), gold_task)
+    assert metrics["retriever_mrr"] > before["retriever_mrr"] + 0.2, (before, metrics)
+    assert (tmp_path / "o" / "retriever" / "model.safetensors").is_file()

@@ -1,13 +1,18 @@
-"""Fine-tuning the generator on questions shown with their *retrieved* documents, with TRL's `SFTTrainer`.
+"""Fine-tuning the generator on questions shown with their *retrieved* documents.
 
-Training on what the retriever actually returns (not the gold documents) teaches the generator the prompts it
-will see at test time, retrieval mistakes included. Rows are TRL's conversational vision format (`messages` +
-`images`), built by the same `RetrieverGeneratorProcessor.conversation` that builds prompts at inference, and
-the loss covers the answer only (`assistant_only_loss`).
+Two stages. `train_generator`: TRL's `SFTTrainer` on one retrieved document per question (a warm start; rows are
+TRL's conversational vision format built by the same `RetrieverGeneratorProcessor.conversation` that builds
+prompts at inference, loss on the answer only). `train_jointly`: the generator reads the top `n_docs` retrieved
+documents, each in its own sequence, and is trained with the marginal likelihood over them (RAG-Sequence), wrong
+documents included, while the retriever's query side is trained through the same loss by way of `doc_scores`.
+`pseudo_relevance_labels` gives the retriever documents to learn from when the data names no gold documents
+(RA-VQA's pseudo-relevance: the document contains the answer, and the generator answers right with it).
 """
 
+import json
 import os
 
+import numpy as np
 import torch
 from peft import LoraConfig
 
@@ -51,3 +56,133 @@ def train_generator(generator, processor, rows: list[dict], output_dir: str, epo
     trainer.train()
     model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     return model.eval()
+
+
+# Joint training: the generator reads the top-k retrieved documents, marginalised (RAG-Sequence) ------------------
+
+def document_embeddings(retriever, processor, corpus: list[dict]) -> torch.Tensor:
+    """(n_docs, dim) embeddings of the whole corpus with the retriever's current weights (the refreshed index)."""
+    was_training = retriever.training
+    retriever.eval()
+    embeddings = torch.from_numpy(retriever.embed_documents(corpus, processor)).to(retriever.device)
+    retriever.train(was_training)
+    return embeddings
+
+
+def pseudo_relevant(document: dict, choices: list[str], label: int) -> bool | None:
+    """RA-VQA's first test, on the text: True when a text document contains the right choice's text and no other
+    choice's, False when it contains none of the right one's; None for image documents (no text to read)."""
+    if document.get("text") is None:
+        return None
+    text = document["text"].lower()
+    right = choices[label].lower() in text
+    return right and not any(c.lower() in text for i, c in enumerate(choices) if i != label)
+
+
+@torch.no_grad()
+def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embeddings: torch.Tensor, depth: int = 10,
+                            use_generator: bool = True, batch_size: int = 16) -> list[list[int]]:
+    """Per training question, the ids of its pseudo-relevant documents among the `depth` nearest (RA-VQA).
+
+    A document is positive when it contains the right choice's text (text documents) and the generator, reading
+    it alone, answers right; an image document, which has no text to check, when the generator answers right
+    with it. `use_generator=False` (before the generator has learned anything) keeps the text test alone.
+    """
+    retriever, template = model.retriever, model.config.document_template
+    retriever.eval()
+    positives = []
+    for start in range(0, len(task.examples), batch_size):
+        examples = task.examples[start:start + batch_size]
+        queries = processor.retriever_processor.process_queries([e.question for e in examples],
+                                                                [e.image for e in examples]).to(retriever.device)
+        ids = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices.tolist()
+        answered = None
+        if use_generator:
+            inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
+                                               [task.documents(row) for row in ids],
+                                               [e.answer_choices for e in examples], template)
+            scores = model.score_choices(**inputs.to(model.generator.device))  # (batch, depth, choices)
+            answered = (scores.argmax(-1).cpu() == torch.tensor([e.label for e in examples])[:, None]).tolist()
+        for b, (example, row) in enumerate(zip(examples, ids)):
+            keep = []
+            for k, doc_id in enumerate(row):
+                by_text = pseudo_relevant(task.corpus[doc_id], example.answer_choices, example.label)
+                by_generator = answered[b][k] if answered is not None else None
+                if by_text is False or by_generator is False or (by_text is None and by_generator is None):
+                    continue
+                keep.append(doc_id)
+            positives.append(keep)
+    return positives
+
+
+def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs: float = 1, batch_size: int = 8,
+                  generator_learning_rate: float = 5e-4, retriever_learning_rate: float = 2e-4,
+                  relevance: list[list[int]] | None = None, retrieval_loss_weight: float = 1.0, seed: int = 0,
+                  log_every: int = 25) -> list[dict]:
+    """Train the generator on the top `n_docs` retrieved documents (wrong ones included) with the marginal
+    likelihood, and the retriever's query side through the same loss via `doc_scores` (end to end, as RAG).
+
+    The document side is refreshed, not back-propagated: the corpus is re-embedded with the current weights at the
+    start of every epoch (the retriever's towers are shared by queries and documents, so training the query side
+    moves the documents too), and within an epoch the document embeddings are constants. `relevance` (per
+    question, ids of relevant documents: the gold ones, or pseudo-relevant ones) adds the retriever's InfoNCE over
+    the whole corpus for the questions that have some, weighted by `retrieval_loss_weight`. Returns the log.
+    """
+    from modeling.modeling_retriever import ranking_loss
+
+    retriever, generator, template = model.retriever, model.generator, model.config.document_template
+    if getattr(generator, "is_gradient_checkpointing", False):  # it turns the KV cache the scoring reuses off
+        generator.gradient_checkpointing_disable()
+    generator_params = [p for p in generator.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": generator_params, "lr": generator_learning_rate},
+                                   {"params": list(retriever.parameters()), "lr": retriever_learning_rate}],
+                                  weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    n_examples = len(task.examples)
+    total_steps = max(1, int(np.ceil(epochs * n_examples / batch_size)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * step / total_steps)))
+    log, step, running = [], 0, []
+    while step < total_steps:
+        doc_embeddings = document_embeddings(retriever, processor.retriever_processor, task.corpus)
+        model.train()
+        order = rng.permutation(n_examples)
+        for start in range(0, n_examples, batch_size):
+            if step >= total_steps:
+                break
+            examples = [task.examples[i] for i in order[start:start + batch_size]]
+            labels = torch.tensor([e.label for e in examples])
+            queries = processor.retriever_processor.process_queries([e.question for e in examples],
+                                                                    [e.image for e in examples]).to(retriever.device)
+            all_scores = retriever.score(retriever.encode_queries(**queries), doc_embeddings)  # (batch, corpus)
+            ids = all_scores.detach().topk(n_docs, dim=-1).indices
+            doc_scores = all_scores.gather(1, ids)  # the retriever's logits of the documents read, with grad
+            inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
+                                               [task.documents(row) for row in ids.tolist()],
+                                               [e.answer_choices for e in examples], template)
+            output = model(**inputs.to(generator.device), doc_scores=doc_scores, labels=labels)
+            loss = output.loss
+            retrieval_loss = torch.zeros(())
+            if relevance is not None:
+                rows = [b for b, i in enumerate(order[start:start + batch_size]) if relevance[i]]
+                if rows:
+                    targets = torch.zeros(len(rows), len(task.corpus), dtype=torch.bool)
+                    for r, b in enumerate(rows):
+                        targets[r, relevance[order[start + b]]] = True
+                    retrieval_loss = ranking_loss(all_scores[rows], targets.to(all_scores.device))
+                    loss = loss + retrieval_loss_weight * retrieval_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running.append((float(output.loss.detach()), float(retrieval_loss.detach()),
+                            float((output.logits.argmax(-1).cpu() == labels).float().mean())))
+            if step % log_every == 0 or step == total_steps:
+                mean = np.mean(running, axis=0)
+                log.append({"step": step, "marginal_loss": round(float(mean[0]), 4),
+                            "retrieval_loss": round(float(mean[1]), 4), "train_accuracy": round(float(mean[2]), 4)})
+                print(json.dumps(log[-1]), flush=True)
+                running = []
+    model.eval()
+    return log

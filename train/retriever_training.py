@@ -16,24 +16,32 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from train.retrieval_data import RetrievalTask
 
 
-def rank_documents(retriever, processor, task: RetrievalTask, k: int) -> np.ndarray:
-    """(n_examples, k) ids of the corpus documents the retriever ranks highest for each question, best first.
+def rank_documents(retriever, processor, task: RetrievalTask, k: int, return_scores: bool = False):
+    """(n_examples, k) ids of the corpus documents the retriever ranks highest for each question, best first (and,
+    with `return_scores`, their retriever logits, the `doc_scores` the generator's document posterior uses).
 
     Builds (or rebuilds) the retriever's document index on `task.corpus`.
     """
     retriever.build_document_index(task.corpus, processor)
     query_embeds = retriever.embed_queries([e.question for e in task.examples], [e.image for e in task.examples],
                                            processor)
-    return retriever.retrieve(query_embeds, k)[1].numpy()
+    scores, ids = retriever.retrieve(query_embeds, k)
+    if return_scores:
+        return ids.numpy(), (scores * retriever.logit_scale.detach().exp().cpu().float()).numpy()
+    return ids.numpy()
 
 
-def ranking_metrics(ranked_ids: np.ndarray, task: RetrievalTask) -> dict[str, float]:
+def ranking_metrics(ranked_ids: np.ndarray, task: RetrievalTask) -> dict[str, float | None]:
     """Recall@1, recall@5 (a gold document among the top k) and mean reciprocal rank of the first gold document
-    (0 when none is among the ranked ids)."""
+    (0 when none is among the ranked ids), over the questions that name gold documents (None if none do)."""
     first_gold_rank = []
     for ids, example in zip(ranked_ids, task.examples):
+        if not example.gold_document_ids:
+            continue
         hits = np.flatnonzero(np.isin(ids, example.gold_document_ids))
         first_gold_rank.append(hits[0] + 1 if len(hits) else np.inf)
+    if not first_gold_rank:
+        return {"retriever_recall_at_1": None, "retriever_recall_at_5": None, "retriever_mrr": None}
     ranks = np.array(first_gold_rank)
     return {"retriever_recall_at_1": float(np.mean(ranks <= 1)), "retriever_recall_at_5": float(np.mean(ranks <= 5)),
             "retriever_mrr": float(np.mean(1.0 / ranks))}

@@ -1,5 +1,5 @@
-"""Train a retriever-generator for multiple-choice VQA from seed CSVs: the retriever first, then the generator on
-the documents that retriever returns.
+"""Train a retriever-generator for multiple-choice VQA from seed CSVs: the retriever, a warm start of the generator
+on the top retrieved document, then both jointly on the top `--n_docs` documents with the marginal likelihood.
 
     python -m train.train_retriever_generator --train_csv data/retrieval/train.csv \\
         --eval_csv data/retrieval/test.csv --corpus data/retrieval/corpus.jsonl --preset tiny --output_dir O
@@ -7,8 +7,20 @@ the documents that retriever returns.
 `--preset tiny` builds both models from scratch (a 2-layer SigLIP-style text tower and a small timm ResNet for
 the retriever, the tiny SigPhi as generator) and trains every weight: random weights have nothing for LoRA to
 adapt. Without it, real pretrained parts are fine-tuned: a retriever from SigLIP (or `--retriever_model`) and the
-`--generator_model`, with LoRA adapters (QLoRA with `--load_in_4bit`). Writes `O/retriever`, `O/generator`, the
-composite `O` (with the processors) and prints the evaluation on `--eval_csv` as JSON.
+`--generator_model`, with LoRA adapters (QLoRA with `--load_in_4bit`). Writes `O/retriever`, `O/generator` (each
+loadable alone; the weights' only copy), the composite `O` (config, code, processors) and prints the evaluation on
+`--eval_csv` as JSON.
+
+Stages:
+1. retriever: InfoNCE with mined hard negatives on the gold documents (`documents` column), or, without them
+   (`--no_gold_documents` or no column), on pseudo-relevant documents: among each question's nearest documents,
+   those containing the right choice's text (RA-VQA).
+2. generator warm start: SFT on the top retrieved document (TRL).
+3. joint: `--joint_epochs` over the top `--n_docs` documents, each read in its own sequence, loss = marginal
+   likelihood (RAG-Sequence) + cross-entropy over the choices; the retriever's query side learns through
+   `doc_scores`, the document index is refreshed (corpus re-embedded) every epoch, and the retriever's InfoNCE on
+   the gold (or, answers only, the pseudo-relevant: contains the answer *and* the generator answers right with it,
+   recomputed every epoch) documents is added.
 """
 
 import json
@@ -26,8 +38,9 @@ from processing import MultimodalRetrieverProcessor, RetrieverGeneratorProcessor
 from train.build_model import build_tiny_sigphi
 from train.cli import InvalidInput, run_cli
 from train.evaluate_retriever_generator import evaluate_model
-from train.generator_training import generator_rows, lora_config, train_generator
-from train.retrieval_data import RetrievalTask, load_retrieval_task
+from train.generator_training import (document_embeddings, generator_rows, lora_config, pseudo_relevance_labels,
+                                      train_generator, train_jointly)
+from train.retrieval_data import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.retriever_training import rank_documents, train_retriever
 from train.tokenizer import build_byte_level_tokenizer
 
@@ -58,7 +71,16 @@ class TrainRetrieverGeneratorArguments:
     generator_model: str | None = field(default=None, metadata={
         "help": "Image-text-to-text model to fine-tune, e.g. a SigPhi folder or "
                 "meta-llama/Llama-3.2-11B-Vision-Instruct."})
-    n_docs: int = field(default=1, metadata={"help": "Retrieved documents the generator reads."})
+    n_docs: int = field(default=5, metadata={"help": "Retrieved documents the generator reads, marginalised."})
+    gold_documents: bool = field(default=True, metadata={
+        "help": "Train the retriever on the CSV's gold documents when it has them (--no_gold_documents: learn from "
+                "the answers alone, as without the column)."})
+    joint_epochs: float = field(default=2, metadata={"help": "Epochs of joint training on the top n_docs documents."})
+    joint_batch_size: int = field(default=8, metadata={"help": "Questions per joint training step."})
+    joint_generator_learning_rate: float = field(default=5e-4, metadata={"help": "Generator learning rate, joint."})
+    joint_retriever_learning_rate: float = field(default=2e-4, metadata={"help": "Retriever learning rate, joint."})
+    pseudo_relevance_depth: int = field(default=10, metadata={
+        "help": "Answers only: nearest documents per question checked for pseudo-relevance."})
     retriever_epochs: float = field(default=16, metadata={"help": "Retriever training epochs."})
     retriever_learning_rate: float = field(default=3e-3, metadata={"help": "Retriever learning rate."})
     hard_negatives: int = field(default=8, metadata={"help": "Mined hard negatives per question."})
@@ -126,33 +148,84 @@ def build_models(args: TrainRetrieverGeneratorArguments, train_task: RetrievalTa
     return retriever, retriever_processor, generator, generator_processor, peft
 
 
+def pseudo_labelled(task: RetrievalTask, relevance: list[list[int]]) -> RetrievalTask:
+    """The questions that have pseudo-relevant documents, with those as their gold documents."""
+    return RetrievalTask([RetrievalExample(e.question, e.image, e.answer_choices, e.label, ids)
+                          for e, ids in zip(task.examples, relevance) if ids], task.corpus)
+
+
 def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     """Train, save to `args.output_dir` and return the evaluation on `args.eval_csv` (with timings)."""
     train_task = load_retrieval_task(args.train_csv, args.corpus)
     eval_task = load_retrieval_task(args.eval_csv, args.corpus)
+    supervised = args.gold_documents and train_task.has_gold_documents
+    if not supervised:
+        train_task = train_task.without_gold_documents()
     retriever, retriever_processor, generator, generator_processor, peft = build_models(args, train_task)
-
-    start = time.time()
-    train_retriever(retriever, retriever_processor, train_task, args.output_dir, epochs=args.retriever_epochs,
-                    learning_rate=args.retriever_learning_rate, n_negatives=args.hard_negatives, seed=args.seed)
-    retriever_seconds = time.time() - start
-
     config = RetrieverGeneratorConfig.from_retriever_generator_configs(retriever.config, generator.config,
                                                                        n_docs=args.n_docs)
-    retrieved = rank_documents(retriever, retriever_processor, train_task, args.n_docs)  # indexes the train corpus
+    processor = RetrieverGeneratorProcessor(retriever_processor, generator_processor)
+    times, stats = {}, {"supervision": "gold documents" if supervised else "answers only (pseudo-relevance)"}
+
+    start = time.time()
+    retriever_task = train_task
+    if not supervised:  # RA-VQA: documents near the question that contain the right answer's text
+        model = RetrieverGeneratorForMultipleChoice(config, retriever=retriever, generator=generator)
+        relevance = pseudo_relevance_labels(
+            model, processor, train_task, document_embeddings(retriever, retriever_processor, train_task.corpus),
+            depth=args.pseudo_relevance_depth, use_generator=False)
+        retriever_task = pseudo_labelled(train_task, relevance)
+        stats["pseudo_labelled_questions_stage_1"] = len(retriever_task.examples)
+        if not retriever_task.examples:
+            raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing its answer's text; "
+                               "give the documents column or a corpus that holds the answers")
+    train_retriever(retriever, retriever_processor, retriever_task, args.output_dir, epochs=args.retriever_epochs,
+                    learning_rate=args.retriever_learning_rate, n_negatives=args.hard_negatives, seed=args.seed)
+    times["retriever_train_seconds"] = round(time.time() - start, 1)
+
+    start = time.time()
+    retrieved = rank_documents(retriever, retriever_processor, train_task, 1)  # indexes the train corpus
     generator = train_generator(generator, generator_processor,
                                 generator_rows(train_task, retrieved, config.document_template), args.output_dir,
                                 epochs=args.generator_epochs, learning_rate=args.generator_learning_rate,
                                 peft_config=peft, gradient_checkpointing=args.preset != "tiny", seed=args.seed)
-    generator_seconds = time.time() - start - retriever_seconds
+    times["generator_train_seconds"] = round(time.time() - start, 1)
 
     model = RetrieverGeneratorForMultipleChoice(config, retriever=retriever, generator=generator)
-    processor = RetrieverGeneratorProcessor(retriever_processor, generator_processor)
+    start = time.time()
+    if args.joint_epochs > 0:
+        peft_model = None
+        if peft is not None:  # LoRA adapters again (injected in place; the merged weights stay frozen)
+            from peft import get_peft_model
+
+            peft_model = get_peft_model(model.generator, peft)
+        epochs_done, joint_log = 0.0, []
+        while epochs_done < args.joint_epochs:
+            epochs = min(1.0, args.joint_epochs - epochs_done)
+            if supervised:
+                relevance = [e.gold_document_ids for e in train_task.examples]
+            else:
+                relevance = pseudo_relevance_labels(
+                    model, processor, train_task,
+                    document_embeddings(retriever, retriever_processor, train_task.corpus),
+                    depth=args.pseudo_relevance_depth, use_generator=True)
+                stats.setdefault("pseudo_labelled_questions_joint", []).append(sum(map(bool, relevance)))
+            joint_log += train_jointly(model, processor, train_task, n_docs=args.n_docs, epochs=epochs,
+                                       batch_size=args.joint_batch_size,
+                                       generator_learning_rate=args.joint_generator_learning_rate,
+                                       retriever_learning_rate=args.joint_retriever_learning_rate,
+                                       relevance=relevance, seed=args.seed + int(epochs_done))
+            epochs_done += epochs
+        if peft_model is not None:
+            model.generator = peft_model.merge_and_unload().eval()
+        stats["joint_log"] = joint_log[-3:]
+    times["joint_train_seconds"] = round(time.time() - start, 1)
+
+    model.retriever.build_document_index(train_task.corpus, retriever_processor)
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     metrics = evaluate_model(model, processor, eval_task, docs="retrieved")
-    return {**metrics, "retriever_train_seconds": round(retriever_seconds, 1),
-            "generator_train_seconds": round(generator_seconds, 1), "arguments": asdict(args)}
+    return {**metrics, **times, **stats, "arguments": asdict(args)}
 
 
 def main(args: TrainRetrieverGeneratorArguments) -> None:
