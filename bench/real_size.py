@@ -218,6 +218,7 @@ def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, de
     text = "".join(output)
     dtypes = re.findall(r"^compute dtype:\s*(\S+)", text, flags=re.M)
     jsons = [json.loads(line.removeprefix("result:")) for line in text.splitlines() if line.startswith("result:")]
+    runtime = re.findall(r"'train_runtime': '?([\d.]+)", text)
     code = os.waitstatus_to_exitcode(status)
     error = killed[0] if killed else None
     if code != 0 and error is None:
@@ -226,7 +227,8 @@ def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, de
     result = {"step": name, "command": " ".join(argv), "seconds": round(seconds, 1),
               "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_anon_bytes": peak["RssAnon"],
               "exit_status": code, "ok": code == 0, "error": error, "dtype": dtypes[-1] if dtypes else None,
-              "info": jsons[-1] if jsons else None}
+              "info": jsons[-1] if jsons else None,
+              "train_runtime_seconds": float(runtime[-1]) if runtime else None}
     print(f"[real_size] {name}: {'ok' if code == 0 else 'FAILED'} in {seconds:.0f} s, peak RSS "
           f"{usage.ru_maxrss / 2**20:.2f} GiB{'' if code == 0 else ' — ' + str(error)}", flush=True)
     return result
@@ -387,7 +389,7 @@ def render_section(summary: dict) -> str:
         status = "ok" if s["ok"] else ("not run" if s.get("skipped") else "**failed**")
         command = s["command"].replace(sys.executable, "python").replace(str(REPO) + "/", "")
         if "-I -c" in command:
-            command = command.split(" -c ")[0] + " -c CLEAN_PROCESS " + " ".join(s["command"].split()[-3:])
+            command = command.split(" -c ")[0] + " -c CLEAN_PROCESS " + " ".join(command.split()[-3:])
         lines.append(f"| {s['step']} | {status} | {s.get('seconds', '–')} | {_gb(s.get('peak_rss_bytes'))} | "
                      f"{_gb(s.get('peak_anon_bytes'))} | {s.get('dtype') or '–'} | `{command}` |")
     failures = [s for s in summary["steps"] if not s["ok"]]
@@ -410,6 +412,12 @@ def render_section(summary: dict) -> str:
                   "`safe_open(..., backend=\"mmap\")` and closes them only after the last weight is loaded (line "
                   "4600), so every page it read stays mapped, and counted in RSS, until then. They are clean page "
                   "cache the kernel can drop under memory pressure, not memory the process holds.", ""]
+        for s in summary["steps"]:
+            if s.get("train_runtime_seconds"):
+                n_steps = re.search(r"--max_steps (\d+)", s["command"])
+                lines.append(f"- {s['step']}: training loop (TRL's `train_runtime`) {s['train_runtime_seconds']:.0f} s for "
+                             f"{n_steps.group(1) if n_steps else '?'} steps; the rest of its wall time is loading, "
+                             "quantizing and saving")
         final = steps.get("merge_lora", {}).get("folder_dtypes")
         if final:
             lines.append(f"- merged folder's tensors by dtype (bytes): {final}")
