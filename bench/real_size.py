@@ -176,6 +176,14 @@ def _proc_status(pid: int) -> dict:
     return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "RssAnon", "RssFile") if key in fields}
 
 
+def _shown(argv: list[str]) -> str:
+    """The command as a user types it: `python`, paths relative to the repository, the clean script by name."""
+    command = " ".join(argv).replace(sys.executable, "python").replace(str(REPO) + "/", "")
+    if " -c " in command:
+        command = command.split(" -c ")[0] + " -c CLEAN_PROCESS " + " ".join(command.split()[-3:])
+    return command
+
+
 def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, deadline: float | None = None) -> dict:
     """Run one step as a child process; its wall time, peak RSS (`ru_maxrss` from `wait4`), sampled peak anonymous
     RSS, exit status and output. A watchdog kills it when its RSS passes `max_rss` or the run's deadline passes."""
@@ -224,7 +232,7 @@ def run_step(name: str, argv: list[str], max_rss: int, log, cwd: Path = REPO, de
     if code != 0 and error is None:
         lines = [line for line in text.splitlines() if line.strip()]
         error = (lines[-1] if lines else f"exit status {code}")[:300]
-    result = {"step": name, "command": " ".join(argv), "seconds": round(seconds, 1),
+    result = {"step": name, "command": _shown(argv), "seconds": round(seconds, 1),
               "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_anon_bytes": peak["RssAnon"],
               "exit_status": code, "ok": code == 0, "error": error, "dtype": dtypes[-1] if dtypes else None,
               "info": jsons[-1] if jsons else None,
@@ -317,7 +325,7 @@ def run(args) -> dict:
         for name, argv in recipe(work, args.shapes, on_cpu, args.align_steps, args.sft_steps, args.compute_dtype,
                                  args.img_size):
             if time.time() > deadline:
-                results.append({"step": name, "command": " ".join(argv), "ok": False, "skipped": True,
+                results.append({"step": name, "command": _shown(argv), "ok": False, "skipped": True,
                                 "error": "not started: the run's time budget was spent"})
                 continue
             if name == "stand-ins" and args.standins:
@@ -325,7 +333,7 @@ def run(args) -> dict:
                 results.append({"step": name, "command": f"reused {args.standins}", "ok": True, "skipped": True})
                 continue
             if results and not results[-1]["ok"]:
-                results.append({"step": name, "command": " ".join(argv), "ok": False, "skipped": True,
+                results.append({"step": name, "command": _shown(argv), "ok": False, "skipped": True,
                                 "error": f"not started: {results[-1]['step']} failed"})
                 continue
             results.append(run_step(name, argv, max_rss, log, deadline=deadline))
@@ -387,9 +395,7 @@ def render_section(summary: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for s in summary["steps"]:
         status = "ok" if s["ok"] else ("not run" if s.get("skipped") else "**failed**")
-        command = s["command"].replace(sys.executable, "python").replace(str(REPO) + "/", "")
-        if "-I -c" in command:
-            command = command.split(" -c ")[0] + " -c CLEAN_PROCESS " + " ".join(command.split()[-3:])
+        command = s["command"]
         lines.append(f"| {s['step']} | {status} | {s.get('seconds', '–')} | {_gb(s.get('peak_rss_bytes'))} | "
                      f"{_gb(s.get('peak_anon_bytes'))} | {s.get('dtype') or '–'} | `{command}` |")
     failures = [s for s in summary["steps"] if not s["ok"]]
@@ -470,6 +476,8 @@ def main() -> None:
     print(section)
     if args.benchmarks and args.shapes == "real":
         write_section(Path(args.benchmarks), section)
+        with open(REPO / "bench" / "results" / "real_size.json", "w") as handle:  # `make bench` re-renders it
+            json.dump(summary, handle, indent=2)
     if not all(s["ok"] for s in summary["steps"]):
         sys.exit(1)
 

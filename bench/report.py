@@ -189,6 +189,18 @@ def _plots(results: dict, plot_dir: str) -> None:
     plt.close(figure)
 
 
+def _real_size_section() -> list[str]:
+    """The "Real size on a CPU" section, re-rendered from the last `python -m bench.real_size` run's results."""
+    if not os.path.exists("bench/results/real_size.json"):
+        return []
+    import json
+
+    from bench.real_size import render_section
+
+    with open("bench/results/real_size.json") as handle:
+        return [render_section(json.load(handle))]
+
+
 def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
     machine = results["machine"]
     header = [
@@ -207,7 +219,7 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
             + _retrieval_section(results, plot_dir)
             + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
             + (token_reduction.report_section(results) if "token_reduction" in results else [])
-            + _quickstart_section(results) + _gpu_section(results))
+            + _quickstart_section(results) + _gpu_section(results) + _real_size_section())
     _plots(results, plot_dir)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(header + body) + "\n")
