@@ -124,7 +124,7 @@ print(json.dumps(output[0, inputs["input_ids"].shape[1]:].tolist()))
 
 SIGPHI_FILES = {"config.json", "generation_config.json", "model.safetensors", "configuration_sigphi.py",
                 "modeling_sigphi.py", "processing_sigphi.py", "self_contained_saving.py", "model_card.py",
-                "processor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "README.md"}
+                "timm_vision.py", "transformers_compat.py", "processor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "README.md"}
 
 
 @pytest.mark.parametrize("push", [push_with_push_to_hub, push_with_save_pretrained], ids=["push_to_hub",
@@ -198,9 +198,10 @@ def test_the_retriever_generator_pushes_with_its_parts_index_and_card(retriever_
     model.push_to_hub("me/tiny-rag", processor=processor, datasets=["me/retrieval-vqa"])
     uploaded = hub_uploads["me/tiny-rag"]
     files = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
-    assert {"README.md", "config.json", "model.safetensors", "modeling_retriever_generator.py",
+    assert {"README.md", "config.json", "modeling_retriever_generator.py",
             "retriever/model.safetensors", "retriever/documents.faiss", "generator/model.safetensors",
             "generator/modeling_sigphi.py", "generator/chat_template.jinja"} <= files
+    assert "model.safetensors" not in files  # each weight is stored once, in its part's folder
     assert not {Path(f).suffix for f in files} & PICKLE_SUFFIXES
     card = ModelCard.load(uploaded / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag is None  # not a pipeline model
