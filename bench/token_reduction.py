@@ -8,6 +8,7 @@ greedy), and peak RSS of the training process. At the real size (SigLIP-SO400M +
 counted by `torch.utils.flop_counter` on the meta device (no weights, no time).
 
     python -m bench.token_reduction --quick     # or through `python -m bench.run --sections token_reduction`
+    python -m bench.token_reduction --flops_only   # the real-size FLOP count alone
 """
 
 import torch
@@ -188,4 +189,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    print(json.dumps(run(quick=parser.parse_args().quick), indent=2))
+    parser.add_argument("--flops_only", action="store_true", help="only the real-size FLOP count (seconds, any load)")
+    args = parser.parse_args()
+    print(json.dumps(real_size_flops() if args.flops_only else run(quick=args.quick), indent=2))
