@@ -82,7 +82,8 @@ def pseudo_relevant(document: dict, choices: list[str], label: int) -> bool | No
 @torch.no_grad()
 def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embeddings: torch.Tensor, depth: int = 10,
                             use_generator: bool = True, batch_size: int = 16) -> list[list[int]]:
-    """Per training question, the ids of its pseudo-relevant documents among the `depth` nearest (RA-VQA).
+    """Per training question, the ids of its pseudo-relevant documents among the `depth` nearest (RA-VQA), and
+    the `depth` text documents nearest its text alone.
 
     A document is positive when it contains the right choice's text (text documents) and the generator, reading
     it alone, answers right; an image document, which has no text to check, when the generator answers right
@@ -90,12 +91,18 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
     """
     retriever, template = model.retriever, model.config.document_template
     retriever.eval()
+    is_image = torch.tensor([doc.get("image") is not None for doc in task.corpus], device=doc_embeddings.device)
     positives = []
     for start in range(0, len(task.examples), batch_size):
         examples = task.examples[start:start + batch_size]
         queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                 [e.image for e in examples]).to(retriever.device)
-        ids = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices.tolist()
+        # Near the query (text and image fused), and text documents near its text alone: an untrained tower's
+        # fused neighbours are mostly images, and a text document is what the answer's text can be checked in.
+        near = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices
+        by_text = (retriever.encode_text(queries["input_ids"], queries["attention_mask"]) @ doc_embeddings.T)
+        by_text = by_text.masked_fill(is_image[None], float("-inf")).topk(min(depth, int((~is_image).sum())), dim=-1)
+        ids = torch.cat([near, by_text.indices], dim=-1).tolist()
         answered = None
         if use_generator:
             inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
@@ -111,7 +118,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
                 if by_text is False or by_generator is False or (by_text is None and by_generator is None):
                     continue
                 keep.append(doc_id)
-            positives.append(keep)
+            positives.append(list(dict.fromkeys(keep)))
     return positives
 
 

@@ -75,7 +75,7 @@ class TrainRetrieverGeneratorArguments:
     gold_documents: bool = field(default=True, metadata={
         "help": "Train the retriever on the CSV's gold documents when it has them (--no_gold_documents: learn from "
                 "the answers alone, as without the column)."})
-    joint_epochs: float = field(default=2, metadata={"help": "Epochs of joint training on the top n_docs documents."})
+    joint_epochs: float = field(default=1, metadata={"help": "Epochs of joint training on the top n_docs documents."})
     joint_batch_size: int = field(default=8, metadata={"help": "Questions per joint training step."})
     joint_generator_learning_rate: float = field(default=5e-4, metadata={"help": "Generator learning rate, joint."})
     joint_retriever_learning_rate: float = field(default=2e-4, metadata={"help": "Retriever learning rate, joint."})
