@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## Real size on a CPU (SigLIP-SO400M/14 + Phi-3-mini shapes, random weights)"
+FORCED_DTYPE_TITLE = "## Real size on a CPU, computing in {dtype} (`--compute_dtype {dtype}`)"
 
 VISION_MODEL = "vit_so400m_patch14_siglip_384"
 # microsoft/Phi-3-mini-4k-instruct's config.json (the fields that shape the model and its tokens)
@@ -375,15 +377,27 @@ def _gb(value) -> str:
     return f"{value / 2**30:.2f}" if value else "–"  # GiB
 
 
+def section_title(summary: dict) -> str:
+    forced = re.search(r"--compute_dtype (\w+)", summary["command"])
+    return FORCED_DTYPE_TITLE.format(dtype=forced.group(1)) if forced else SECTION_TITLE
+
+
+def results_file(summary: dict) -> Path:
+    forced = re.search(r"--compute_dtype (\w+)", summary["command"])
+    return REPO / "bench" / "results" / (f"real_size_{forced.group(1)}.json" if forced else "real_size.json")
+
+
 def render_section(summary: dict) -> str:
     steps = {s["step"]: s for s in summary["steps"]}
-    lines = [SECTION_TITLE, "",
+    lines = [section_title(summary), "",
              f"Written by `{summary['command']}` ({summary['date']}; whole run {summary['total_seconds'] / 60:.1f} min) "
              f"on {summary['machine']}. Every step is README's command, run in its own process; the stand-ins "
              "are random weights of the real shapes (timm `vit_so400m_patch14_siglip_384`, Phi-3-mini-4k's "
              "config in bf16, a tokenizer with Phi-3's 32,011 ids), built locally. Peak RSS is the child's "
              "`ru_maxrss`; it counts the pages of memory-mapped checkpoint files, so the anonymous part (memory the "
              "process itself holds, sampled from `/proc`) is given beside it.", ""]
+    if summary.get("note"):
+        lines += [summary["note"], ""]
     if summary["on_cpu"]:
         image = (f"`--vision_kwargs '{{\"img_size\": {summary['img_size']}}}'` ({(summary['img_size'] // 14) ** 2} "
                  "image tokens instead of 729), " if summary["img_size"] != 384 else "")
@@ -422,7 +436,7 @@ def render_section(summary: dict) -> str:
             if s.get("train_runtime_seconds"):
                 n_steps = re.search(r"--max_steps (\d+)", s["command"])
                 lines.append(f"- {s['step']}: training loop (TRL's `train_runtime`) {s['train_runtime_seconds']:.0f} s for "
-                             f"{n_steps.group(1) if n_steps else '?'} steps; the rest of its wall time is loading, "
+                             f"{n_steps.group(1) if n_steps else '?'} step(s); the rest of its wall time is loading, "
                              "quantizing and saving")
         final = steps.get("merge_lora", {}).get("folder_dtypes")
         if final:
@@ -434,11 +448,12 @@ def render_section(summary: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Put `section` into BENCHMARKS.md in place of an earlier "Real size on a CPU" section, or append it."""
+    """Put `section` into BENCHMARKS.md in place of an earlier section of the same title, or append it."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION_TITLE)
+    title = section.splitlines()[0]
+    start = text.find(title + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
+        end = text.find("\n## ", start + len(title))
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -469,14 +484,13 @@ def main() -> None:
         return make_standins(Path(args.make_standins), args.shapes)
     if args.load_4bit:
         return load_4bit(args.load_4bit, args.compute_dtype)
-    args.command_line = "python -m bench.real_size" + "".join(
-        f" {a}" for a in sys.argv[1:])
+    args.command_line = shlex.join(["python", "-m", "bench.real_size", *sys.argv[1:]])
     summary = run(args)
     section = render_section(summary)
     print(section)
     if args.benchmarks and args.shapes == "real":
         write_section(Path(args.benchmarks), section)
-        with open(REPO / "bench" / "results" / "real_size.json", "w") as handle:  # `make bench` re-renders it
+        with open(results_file(summary), "w") as handle:  # `make bench` re-renders it
             json.dump(summary, handle, indent=2)
     if not all(s["ok"] for s in summary["steps"]):
         sys.exit(1)

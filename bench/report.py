@@ -190,15 +190,18 @@ def _plots(results: dict, plot_dir: str) -> None:
 
 
 def _real_size_section() -> list[str]:
-    """The "Real size on a CPU" section, re-rendered from the last `python -m bench.real_size` run's results."""
-    if not os.path.exists("bench/results/real_size.json"):
-        return []
+    """The "Real size on a CPU" sections, re-rendered from the last `python -m bench.real_size` runs' results
+    (`real_size.json`; `real_size_float32.json` from a run with `--compute_dtype float32`)."""
     import json
 
     from bench.real_size import render_section
 
-    with open("bench/results/real_size.json") as handle:
-        return [render_section(json.load(handle))]
+    sections = []
+    for name in ("real_size.json", "real_size_float32.json"):
+        if os.path.exists(f"bench/results/{name}"):
+            with open(f"bench/results/{name}") as handle:
+                sections.append(render_section(json.load(handle)))
+    return sections
 
 
 def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
