@@ -84,11 +84,16 @@ def build_llava(shape: BenchShape, seed: int = 0) -> LlavaForConditionalGenerati
 BUILDERS = {"sigphi": build_sigphi, "llava": build_llava}
 
 
-def batch(shape: BenchShape, batch_size: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Inputs with one image per row: (B, seq) ids whose first image_tokens are `<image>`, (B, 3, H, W) pixels."""
+def batch(shape: BenchShape, batch_size: int | None = None, seed: int = 0,
+          image_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """Inputs with one image per row: (B, seq) ids whose first image_tokens are `<image>`, (B, 3, H, W) pixels.
+
+    `image_tokens` defaults to one per patch; a model that reduces image tokens passes its own count."""
     generator = torch.Generator().manual_seed(seed)
     batch_size = batch_size or shape.batch_size
-    input_ids = torch.randint(2, shape.vocab_size - 1, (batch_size, shape.sequence_length), generator=generator)
-    input_ids[:, 1:1 + shape.image_tokens] = shape.vocab_size - 1
+    image_tokens = image_tokens or shape.image_tokens
+    input_ids = torch.randint(2, shape.vocab_size - 1, (batch_size, image_tokens + shape.text_tokens),
+                              generator=generator)
+    input_ids[:, 1:1 + image_tokens] = shape.vocab_size - 1
     pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}

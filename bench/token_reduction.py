@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Phi3Config, SiglipVisionConfig
 
 from bench.measure import median_seconds, run_isolated
-from bench.models import BenchShape, build_llava, build_sigphi, text_config
+from bench.models import BenchShape, batch, build_llava, build_sigphi
 
 FACTORS = (1, 2, 3)
 REAL_GRID = BenchShape("27x27 grid", 378, 14, 384, 6, 6, 768, 6, 12, 2048, 32064, 2, 64)
@@ -37,21 +37,11 @@ def build(model_name: str, shape: BenchShape):
     return model, model.config.image_seq_length
 
 
-def inputs(shape: BenchShape, image_tokens: int, image_token_id: int, batch_size: int) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(2, shape.vocab_size - 1, (batch_size, image_tokens + shape.text_tokens),
-                              generator=generator)
-    input_ids[:, 1:1 + image_tokens] = image_token_id
-    pixel_values = torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
-
-
 def measure(model_name: str, shape: BenchShape, repeats: int, new_tokens: int) -> dict:
     """Seconds per training step, time to first token, decode tokens/s of one model (run in its own process)."""
     torch.manual_seed(0)
     model, image_tokens = build(model_name, shape)
-    image_token_id = model.config.image_token_id
-    train_inputs = inputs(shape, image_tokens, image_token_id, shape.batch_size)
+    train_inputs = batch(shape, image_tokens=image_tokens)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def train_step():
@@ -62,7 +52,7 @@ def measure(model_name: str, shape: BenchShape, repeats: int, new_tokens: int) -
     model.train()
     step = median_seconds(train_step, repeats, warmup=1)
     model.eval()
-    prompt = inputs(shape, image_tokens, image_token_id, 1)
+    prompt = batch(shape, batch_size=1, image_tokens=image_tokens)
 
     def generate(n: int):
         with torch.no_grad():

@@ -17,21 +17,16 @@ Prints passed / failed / skipped per environment, and every skip with its reason
 import argparse
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from tests.compat.matrix import CACHE, ROOT, ensure_venv, environments, shared_torch
+from tests.compat.matrix import CACHE, ROOT, ensure_venv, environments, run, shared_torch
 
 HERE = Path(__file__).resolve().parent
 TESTERS = {"sigphi_model_tests.py": "test_modeling_sigphi.py", "sigphi_processor_tests.py": "test_processing_sigphi.py"}
 PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    flash_attn_test\n    flash_attn_3_test\n"
-
-
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(part) for part in command], capture_output=True, text=True, **kwargs)
 
 
 def transformers_version(python: Path) -> str:
