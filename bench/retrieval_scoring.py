@@ -12,9 +12,10 @@ rows) and a 4-layer, 256-wide decoder, where full-vocabulary logits at every pos
 """
 
 import statistics
-import time
 
 import torch
+
+from bench.measure import median_seconds
 
 N_DOCS = 5
 N_CHOICES = 4
@@ -66,12 +67,7 @@ def measure(model, processor, rows, scoring: str, repeats: int) -> tuple[float, 
                 for example, documents, scores in rows]
 
     scores = one_pass()  # warm-up, and the scores compared
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        one_pass()
-        seconds.append(time.perf_counter() - start)
-    return len(rows) / statistics.median(seconds), scores
+    return len(rows) / median_seconds(one_pass, repeats, warmup=0), scores
 
 
 def measure_batched(model, processor, rows, repeats: int, batch_size: int = 8) -> tuple[float, list[torch.Tensor]]:
@@ -87,12 +83,7 @@ def measure_batched(model, processor, rows, repeats: int, batch_size: int = 8) -
         return scores
 
     scores = one_pass()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        one_pass()
-        seconds.append(time.perf_counter() - start)
-    return len(rows) / statistics.median(seconds), scores
+    return len(rows) / median_seconds(one_pass, repeats, warmup=0), scores
 
 
 def run(n_questions: int = 16, repeats: int = 3) -> dict:
