@@ -140,6 +140,35 @@ def test_end_to_end_csv_images_and_parquet(teacher, tmp_path):
     assert (out / "data.csv").read_bytes() == before
 
 
+def test_test_fraction_holds_out_whole_images(teacher, tmp_path):
+    from datasets import load_dataset
+
+    write_digits(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    generate("--teacher", teacher, "--image_dir", tmp_path / "in", "--output_dir", out, "--max_new_tokens", 4,
+             "--test_fraction", 0.4)
+    dataset = load_dataset(str(out / "parquet"))
+
+    def images_of(split: str) -> set[bytes]:  # an image is identified by its pixels, as the Parquet rows hold no path
+        return {np.asarray(row["images"][0]).tobytes() for row in dataset[split]}
+
+    assert len(dataset["test"]) == 2 * 5 and len(dataset["train"]) == 3 * 5  # round(0.4 × 5) = 2 images, 5 questions each
+    assert len(images_of("test")) == 2 and len(images_of("train")) == 3
+    assert not images_of("test") & images_of("train")
+    first_split = {split: [row_question_answer(row) for row in dataset[split]] for split in ("train", "test")}
+    generate("--teacher", tmp_path / "no-teacher-needed", "--image_dir", tmp_path / "in", "--output_dir", out,
+             "--test_fraction", 0.4)  # a rerun rebuilds the same split from the CSV
+    again = load_dataset(str(out / "parquet"))
+    assert {split: [row_question_answer(row) for row in again[split]] for split in ("train", "test")} == first_split
+
+
+def test_test_fraction_out_of_range_is_refused_before_the_teacher_runs(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        generate("--teacher", tmp_path / "no-teacher", "--image_dir", tmp_path, "--output_dir", tmp_path / "o",
+                 "--test_fraction", 1.0)
+    assert exit_info.value.code == 2
+
+
 def test_batched_answers_equal_one_at_a_time(teacher, tmp_path):
     """Left padding: a prompt's answer must not depend on the other prompts in its batch."""
     write_digits(tmp_path / "in", 3)

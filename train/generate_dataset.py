@@ -8,6 +8,8 @@ Writes to `output_dir`:
     data.csv                the seed's `image,question,answer` rows (image paths relative to the CSV)
     parquet/train.parquet   the same rows in TRL conversational format, rebuilt from the CSV at the end of a run,
                             for `datasets.load_dataset(output_dir + "/parquet")` and `trl sft --dataset_name ...`
+    parquet/test.parquet    with `--test_fraction F`: the rows of a held-out F of the images, split by image
+                            (an image's questions all land on one side, so a test image is never seen in training)
 
 The CSV is the only record of progress, so a run can be killed at any moment (SIGKILL included) and restarted
 with the same arguments: rows are appended after each batch with flush + fsync, so at most the batch in flight
@@ -73,6 +75,8 @@ class GenerateDatasetArguments:
     dtype: str = field(default="auto", metadata={"help": "Teacher weights dtype; auto: bfloat16 on GPU, else float32.",
                                                  "choices": ["auto", "float32", "bfloat16", "float16"]})
     device: str = field(default="auto", metadata={"help": "auto: cuda if available, else cpu."})
+    test_fraction: float = field(default=0.0, metadata={
+        "help": "Share of the images (not rows) held out as parquet/test.parquet; 0 writes train.parquet only."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a teacher with custom code (SigPhi)."})
 
 
@@ -235,6 +239,8 @@ def pending_pairs(todo: list[tuple[str, Callable, list[str]]], output_dir: Path,
 
 
 def main(args: GenerateDatasetArguments) -> None:
+    if not 0.0 <= args.test_fraction < 1.0:  # checked before the teacher runs, not after
+        raise InvalidInput(f"--test_fraction {args.test_fraction}: expected a number in [0, 1)")
     questions = load_questions(args.questions)
     sources = (folder_images(args.image_dir) if args.image_dir else
                dataset_images(args.dataset_name, args.dataset_split, args.image_column, args.num_images))
@@ -267,8 +273,27 @@ def main(args: GenerateDatasetArguments) -> None:
         print(f"warning: {empty} empty teacher answer(s) not written; rerun to ask those pairs again",
               file=sys.stderr)
     rows = read_pairs_file(csv_path)
-    write_parquet_splits({"train": rows}, output_dir / "parquet")
-    print(f"wrote {len(rows)} rows to {csv_path} and {output_dir / 'parquet' / 'train.parquet'}")
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        image_names = [record["image"] for record in csv.DictReader(handle)]
+    splits = split_by_image(rows, image_names, args.test_fraction)
+    write_parquet_splits(splits, output_dir / "parquet")
+    print(f"wrote {len(rows)} rows to {csv_path} and " + ", ".join(
+        f"{len(split_rows)} to {output_dir / 'parquet' / f'{split}.parquet'}" for split, split_rows in splits.items()))
+
+
+def split_by_image(rows: list[dict], image_names: list[str], test_fraction: float) -> dict[str, list[dict]]:
+    """`{"train": rows}`, or train/test with round(test_fraction × images) images held out (at least one).
+
+    Images are ordered by a hash of their name, not drawn at random, so the split depends only on which images
+    the CSV holds: a resumed or re-run generation puts every image on the same side again."""
+    if test_fraction == 0.0:
+        return {"train": rows}
+    images = sorted(set(image_names), key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    if len(images) < 2:
+        raise InvalidInput(f"--test_fraction {test_fraction}: needs at least 2 images, the data has {len(images)}")
+    held_out = set(images[:min(max(1, round(test_fraction * len(images))), len(images) - 1)])
+    return {"train": [row for row, name in zip(rows, image_names) if name not in held_out],
+            "test": [row for row, name in zip(rows, image_names) if name in held_out]}
 
 
 if __name__ == "__main__":
