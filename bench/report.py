@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench import retrieval_scoring, token_reduction  # noqa: E402
+from bench import generation, retrieval_scoring, token_reduction  # noqa: E402
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -40,23 +40,6 @@ def _machine_section(results: dict) -> list[str]:
         f"SigPhi training achieves {flops / 1e9:.2f} GFLOP/s (FLOPs counted by `torch.utils.flop_counter`) against "
         f"a measured fp32 matmul peak of {peak / 1e9:.2f} GFLOP/s: **{100 * flops / peak:.1f} %** of the machine.", "",
     ]
-
-
-def _generation_section(results: dict) -> list[str]:
-    gen = results["generation"]
-    counts = list(gen["dynamic_cache"]["sigphi"])
-    lines = ["## 2. Greedy generation (batch 1, one image)", "",
-             "| setting | model | " + " | ".join(f"{n} new tokens (tok/s)" for n in counts) + " |",
-             "|---|---|" + "---|" * len(counts)]
-    for setting in ("dynamic_cache", "static_cache", "no_cache", "compiled_dynamic_cache"):
-        for name, by_count in gen.get(setting, {}).items():
-            cells = [_fmt(by_count[n], 1) if n in by_count else "–" for n in counts]
-            lines.append(f"| {setting.replace('_', ' ')} | {name} | " + " | ".join(cells) + " |")
-    ratios = gen["ratio_sigphi_over_llava"]
-    worst = min(ratios.values())
-    lines += ["", "SigPhi / Llava tokens/s with KV cache: " + ", ".join(
-        f"{n}: **{_fmt(r, 3)}**" for n, r in ratios.items()) + f" (target ≥ 1.0: {_verdict(worst >= 1.0)}).", ""]
-    return lines
 
 
 def _processor_section(results: dict) -> list[str]:
@@ -176,13 +159,15 @@ def _plots(results: dict, plot_dir: str) -> None:
     figure.savefig(os.path.join(plot_dir, "retrieval.png"), dpi=110)
     plt.close(figure)
 
-    gen = results["generation"]["dynamic_cache"]
+    settings = results["generation"]["settings"]
     figure, axis = plt.subplots(figsize=(6, 4))
-    for name, by_count in gen.items():
-        axis.plot([int(n) for n in by_count], list(by_count.values()), "o-", label=name)
+    for setting, by_model in settings.items():
+        for name, row in by_model.items():
+            speeds = row["tokens_per_second"]
+            axis.plot([int(n) for n in speeds], list(speeds.values()), "o-", label=f"{name}, {setting}")
     axis.set_xlabel("new tokens")
-    axis.set_ylabel("tokens/s (KV cache)")
-    axis.legend()
+    axis.set_ylabel("tokens/s")
+    axis.legend(fontsize=7)
     axis.set_title("Greedy generation, SigPhi vs Llava")
     figure.tight_layout()
     figure.savefig(os.path.join(plot_dir, "generation.png"), dpi=110)
@@ -217,7 +202,7 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
         f"- section wall times (s): {results.get('section_seconds', {})}",
         f"- sections measured at: {results.get('section_dates', {})}", "",
     ]
-    body = (_train_section(results) + _generation_section(results) + ["![generation](docs/generation.png)", ""]
+    body = (_train_section(results) + generation.report_section(results) + ["![generation](docs/generation.png)", ""]
             + _processor_section(results) + _machine_section(results) + _quantization_section(results)
             + _retrieval_section(results, plot_dir)
             + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
