@@ -69,7 +69,8 @@ def load_for_training(folder: str, mode: str, device: str):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForImageTextToText
 
-    from train.training import compute_in, lora_config, quantization_config
+    from train.common.precision import compute_in
+    from train.sigphi.qlora import lora_config, quantization_config
 
     device_map = {"": 0} if device == "cuda" else None
     if mode == "qlora":

@@ -6,7 +6,7 @@ from transformers import LlavaProcessor, SiglipImageProcessor, SiglipImageProces
 
 from bench.measure import median_seconds
 from processing import SigPhiProcessor
-from train.tokenizer import build_byte_level_tokenizer
+from train.common.tokenizer import build_byte_level_tokenizer
 
 PROMPT = "<|user|>\n<image>What digit is shown in this image?<|end|>\n<|assistant|>\n"
 

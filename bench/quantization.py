@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, BitsAndBytesConfig, Phi3ForCausalLM
 
 from bench.models import SHAPES, text_config
-from train.training import LANGUAGE_MODEL_LORA_TARGETS
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 
 PHI3_MINI = {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32, "vocab_size": 32064}

@@ -119,7 +119,9 @@ def make_standins(folder: Path, shapes: str) -> None:
 
 def load_4bit(folder: str, compute_dtype: str = "auto") -> None:
     """What `train.sft --quantization 4bit` does first: the built folder loaded with NF4 decoder weights."""
-    from train.training import checkpoint_dtype, load_sigphi, quantization_config, resolve_compute_dtype
+    from train.common.precision import resolve_compute_dtype
+    from train.sigphi.loading import checkpoint_dtype, load_sigphi
+    from train.sigphi.qlora import quantization_config
 
     dtype = resolve_compute_dtype(compute_dtype, checkpoint_dtype(folder))
     model, _ = load_sigphi(folder, quantization_config=quantization_config("4bit", dtype))
@@ -268,7 +270,7 @@ def recipe(work: Path, shapes: str, on_cpu: bool, align_steps: int, sft_steps: i
            compute_dtype: str = "auto", img_size: int | None = None) -> list[tuple[str, list[str]]]:
     import torch
 
-    from train.training import resolve_compute_dtype
+    from train.common.precision import resolve_compute_dtype
 
     python = sys.executable
     dtype_flag = [] if compute_dtype == "auto" else ["--compute_dtype", compute_dtype]
@@ -312,7 +314,7 @@ NOT_NEEDED_AFTER = {"build_model": ("standins",), "align": ("base",), "merge_lor
 def run(args) -> dict:
     import torch
 
-    from train.training import cpu_has_native_bf16
+    from train.common.precision import cpu_has_native_bf16
 
     work = Path(args.work_dir).resolve()
     if work.exists() and not args.keep_existing:

@@ -34,8 +34,8 @@ def build(shape: dict, task):
     from configuration import RetrieverGeneratorConfig
     from modeling import RetrieverGeneratorForMultipleChoice
     from processing import RetrieverGeneratorProcessor
-    from train.build_model import build_tiny_sigphi
-    from train.train_retriever_generator import build_tiny_retriever
+    from train.retrieval.models import build_tiny_retriever
+    from train.sigphi.tiny import build_tiny_sigphi
 
     generator, generator_processor = build_tiny_sigphi(seed=0, text_kwargs=shape.get("text_kwargs"))
     if "vocab_size" in shape:
@@ -89,7 +89,8 @@ def measure_batched(model, processor, rows, repeats: int, batch_size: int = 8) -
 def run(n_questions: int = 16, repeats: int = 3) -> dict:
     import tempfile
 
-    from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
+    from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+    from train.retrieval.task import load_retrieval_task
 
     with tempfile.TemporaryDirectory() as folder:
         write_retrieval_vqa(folder, n_train_catalogues=4, n_test_catalogues=1, n_train_archive=20, n_test_archive=5,

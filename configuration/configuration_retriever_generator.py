@@ -11,6 +11,7 @@ from .configuration_retriever import MultimodalRetrieverConfig
 from .configuration_sigphi import SigPhiConfig, resolve_sub_config
 
 PROJECT_CONFIGS = {"multimodal_retriever": MultimodalRetrieverConfig, "sigphi": SigPhiConfig}
+# Also defined in processing_retriever_generator.py (see there why the two files cannot share one definition).
 DOCUMENT_PLACEHOLDER = "{document}"
 
 

@@ -37,7 +37,8 @@ from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrain
 from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 from configuration.configuration_retriever_generator import RetrieverGeneratorConfig
-from processing.processing_retriever_generator import IGNORE_INDEX, RetrieverGeneratorProcessor
+from processing.processing_retriever_generator import RetrieverGeneratorProcessor
+from processing.processing_sigphi import IGNORE_INDEX
 
 from .modeling_retriever import HUB_KWARGS, MultimodalRetrieverModel
 from .model_card import build_model_card

@@ -26,13 +26,11 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
 from configuration.configuration_sigphi import SigPhiConfig, reduced_image_seq_length
-from processing.processing_sigphi import IMAGE_TOKEN, SigPhiProcessor
+from processing.processing_sigphi import IGNORE_INDEX, IMAGE_TOKEN, SigPhiProcessor
 
 from .self_contained_saving import SelfContainedSaveMixin
 from .timm_vision import build_vision_tower, describe_timm_tower, record_blocks, select_features
 from .transformers_compat import CACHE_NAME, output_cache, take_cache
-
-IGNORE_INDEX = -100
 
 
 # Both subclass transformers' own output classes, so the KV cache field is whatever the installed release calls it

@@ -17,10 +17,13 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, BatchFeature, ProcessorMixin, SiglipImageProcessor
 
-from .processing_sigphi import to_rgb
+from .processing_sigphi import IGNORE_INDEX, to_rgb
 
+# Also defined in configuration_retriever_generator.py, which validates templates with it: a processing file cannot
+# import a configuration file (the retriever's processor is saved, without the model's import rewrite, into a folder
+# that has no configuration_retriever_generator.py), nor the reverse without breaking a config saved on its own.
+# tests/test_train_layout.py checks that the two are equal.
 DOCUMENT_PLACEHOLDER = "{document}"
-IGNORE_INDEX = -100
 
 
 def assistant_message(answer: str) -> dict:

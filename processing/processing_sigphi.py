@@ -14,6 +14,9 @@ from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import MultiModalData
 
 IMAGE_TOKEN = "<image>"
+# The label the loss ignores (PyTorch's cross-entropy default). Defined here because every saved folder that needs it
+# ships this file: SigPhi's model masks labels with it, the retriever-generator's processor builds labels with it.
+IGNORE_INDEX = -100
 
 # Phi-3's chat format. `<image>` goes where the user's message has an image; assistant turns (with their
 # closing `<|end|>`, so the model learns to stop) are wrapped in generation markers for assistant-only loss.

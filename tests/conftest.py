@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.build_model import build_tiny_sigphi
+from train.sigphi.tiny import build_tiny_sigphi
 
 QUESTION = "What digit is shown in this image?"
 
@@ -77,8 +77,8 @@ torch.set_num_threads(2)
 
 def write_digits_dataset(path, n_train: int, n_test: int = 0):
     """The first `n_train` (and `n_test`) bundled digits as a Parquet dataset folder at `path`."""
-    from train.data import conversation_row, write_parquet_splits
-    from train.make_dataset import DIGIT_QUESTION, digits_splits
+    from train.bundled_data.digits import DIGIT_QUESTION, digits_splits
+    from train.common.vqa_data import conversation_row, write_parquet_splits
 
     splits = digits_splits()
     sizes = {"train": n_train, "test": n_test}

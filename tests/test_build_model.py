@@ -11,8 +11,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, Phi3Config,
 
 from modeling import SigPhiForConditionalGeneration
 from tests.conftest import chat, random_image
-from train.build_model import TINY_TEXT_KWARGS, TINY_VISION_MODEL
-from train.tokenizer import build_byte_level_tokenizer
+from train.sigphi.tiny import TINY_TEXT_KWARGS, TINY_VISION_MODEL
+from train.common.tokenizer import build_byte_level_tokenizer
 
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 

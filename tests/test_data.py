@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from train.cli import InvalidInput
-from train.data import load_conversations, read_pairs_file, row_question_answer
+from train.common.cli import InvalidInput
+from train.common.vqa_data import load_conversations, read_pairs_file, row_question_answer
 
 
 @pytest.fixture

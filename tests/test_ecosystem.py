@@ -25,7 +25,7 @@ from huggingface_hub.utils import filter_repo_objects
 from modeling.model_card import base_models
 from modeling.self_contained_saving import PROJECT_PACKAGES, with_relative_imports
 from tests.conftest import QUESTION, chat, hub_user_python, random_image, write_digits_dataset
-from train.data import conversation_row
+from train.common.vqa_data import conversation_row
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -169,9 +169,10 @@ def retriever_generator(tmp_path_factory):
     from configuration import RetrieverGeneratorConfig
     from modeling import RetrieverGeneratorForMultipleChoice
     from processing import RetrieverGeneratorProcessor
-    from train.build_model import build_tiny_sigphi
-    from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
-    from train.train_retriever_generator import build_tiny_retriever
+    from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+    from train.retrieval.models import build_tiny_retriever
+    from train.retrieval.task import load_retrieval_task
+    from train.sigphi.tiny import build_tiny_sigphi
 
     data = tmp_path_factory.mktemp("retrieval-data")
     write_retrieval_vqa(data, n_train_catalogues=2, n_test_catalogues=1, n_train_archive=4, n_test_archive=2,
@@ -260,11 +261,11 @@ def test_report_to_trackio_logs_the_training_loss(tiny_dir, small_digits, tmp_pa
 def test_evaluation_shows_a_progress_bar(tiny, capsys):
     from datasets import Dataset
 
-    from train.evaluate import evaluate_model
+    from train.sigphi.evaluation import evaluate_sigphi
 
     model, processor = tiny
     rows = [conversation_row(random_image(seed), QUESTION, "7") for seed in range(3)]
-    evaluate_model(model, processor, Dataset.from_list(rows), batch_size=2, max_new_tokens=1)
+    evaluate_sigphi(model, processor, Dataset.from_list(rows), batch_size=2, max_new_tokens=1)
     assert "evaluating: 100%" in capsys.readouterr().err
 
 

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import chat, random_image, stop_after_checkpoint, write_digits_dataset
-from train.cli import InvalidInput, run_cli
-from train.data import conversation_row, read_pairs_file, write_parquet_splits
-from train.evaluate import EvaluateArguments
+from train.common.cli import InvalidInput, run_cli
+from train.common.vqa_data import conversation_row, read_pairs_file, write_parquet_splits
+from train.evaluate import SigPhiEvaluateArguments
 from train.evaluate import main as evaluate_main
 
 PAIR_HEADER = "image,question,answer"
@@ -199,7 +199,7 @@ def evaluate_cli_error(capsys, *argv: str) -> str:
     """Run `train.evaluate`'s command line in this process: it must exit with status 2 and print exactly one error
     line (progress bars of the data loading may come before it). Returns that line's message."""
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate_main, EvaluateArguments, argv=list(argv))
+        run_cli(evaluate_main, SigPhiEvaluateArguments, argv=list(argv))
     assert exit_info.value.code == 2
     error_lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert len(error_lines) == 1
@@ -255,7 +255,7 @@ def test_a_step_run_as_a_module_exits_with_status_2_and_no_traceback(data_dir, t
         f"evaluate.py: error: {dataset}, row 1, column 'image': cannot read image")
 
 
-# --- the retriever-generator's seed CSV (read by train.retrieval_data, another developer's module) ---------------
+# --- the retriever-generator's seed CSV (read by train.retrieval.task, another developer's module) ---------------
 
 RETRIEVAL_HEADER = ["question_text", "question_image", "answer_choices", "label", "documents"]
 GOOD_RETRIEVAL_ROW = {"question_text": "What colour?", "question_image": "ok.png",
@@ -281,7 +281,7 @@ BAD_RETRIEVAL_CSVS = {
 
 @pytest.fixture
 def load_retrieval_task():
-    from train.retrieval_data import load_retrieval_task
+    from train.retrieval.task import load_retrieval_task
 
     return load_retrieval_task
 

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
 
-from train.cli import run_cli
-from train.data import row_question_answer
+from train.bundled_data.digits import digit_image
+from train.common.cli import run_cli
+from train.common.tokenizer import build_byte_level_tokenizer
+from train.common.vqa_data import row_question_answer
 from train.generate_dataset import GenerateDatasetArguments, main
-from train.make_dataset import digit_image
-from train.tokenizer import build_byte_level_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_QUESTIONS = [  # the seed's questions, verbatim: the default

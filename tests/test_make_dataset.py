@@ -10,7 +10,7 @@ from datasets import load_dataset
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from train.data import load_conversations, row_question_answer
+from train.common.vqa_data import load_conversations, row_question_answer
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextT
 
 from modeling import SigPhiForConditionalGeneration, SigPhiModel
 from tests.conftest import chat, random_image
-from train.build_model import build_tiny_sigphi
+from train.sigphi.tiny import build_tiny_sigphi
 
 LM_LORA_REGEX = r".*language_model.*\.(qkv_proj|o_proj|gate_up_proj|down_proj)"
 

@@ -126,7 +126,7 @@ def test_text_only_prompts_need_no_image(tiny):
 
 
 def test_tokenizer_without_image_token_is_refused(tiny):
-    from train.tokenizer import build_byte_level_tokenizer
+    from train.common.tokenizer import build_byte_level_tokenizer
 
     _, processor = tiny
     with pytest.raises(ValueError, match="no '<img>' token"):

@@ -17,8 +17,8 @@ from PIL import Image
 
 from processing import IMAGE_TOKEN
 from tests.conftest import chat
-from train.cli import InvalidInput
-from train.data import read_pairs_file, row_question_answer
+from train.common.cli import InvalidInput
+from train.common.vqa_data import read_pairs_file, row_question_answer
 
 EXAMPLES = {"image": 300, "uniform colour": 150, "text": 200, "placeholders": 150, "pairs file": 200,
             "pairs file types": 100, "garbage file": 150, "retrieval csv": 100}
@@ -208,15 +208,15 @@ retrieval_cells = st.one_of(texts, st.integers(-3, 5).map(str), st.just('["a", "
 @given(rows=st.lists(st.tuples(*[retrieval_cells] * 5), min_size=1, max_size=3))
 def test_retrieval_csvs_are_read_or_refused_by_name(image_dir, rows):
     """Rows have every cell (rows with missing cells are a known fault, see test_faults.py)."""
-    from train import retrieval_data
+    from train.retrieval.task import RETRIEVAL_COLUMNS, load_retrieval_task
 
     path = image_dir / "retrieval.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(retrieval_data.RETRIEVAL_COLUMNS)
+        writer.writerow(RETRIEVAL_COLUMNS)
         writer.writerows(rows)
     try:
-        task = retrieval_data.load_retrieval_task(path)
+        task = load_retrieval_task(path)
     except InvalidInput as error:
         assert str(error).startswith(f"{path}, row ")
         return

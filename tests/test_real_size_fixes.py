@@ -15,10 +15,12 @@ import sys
 import pytest
 import torch
 
-import train.training as training
+import train.common.precision as precision
 from tests.conftest import write_digits_dataset
-from train.build_model import build_tiny_sigphi
-from train.training import compute_in, resolve_compute_dtype
+from train.common.precision import compute_in, resolve_compute_dtype
+from train.sigphi.loading import checkpoint_dtype
+from train.sigphi.qlora import quantization_config
+from train.sigphi.tiny import build_tiny_sigphi
 
 CPUINFO_WITH_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 CPUINFO_WITHOUT_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
@@ -58,9 +60,9 @@ def digits(tmp_path_factory):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
-    assert training.cpu_has_native_bf16(CPUINFO_WITH_BF16)
-    assert training.cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")  # Arm
-    assert not training.cpu_has_native_bf16(CPUINFO_WITHOUT_BF16)
+    assert precision.cpu_has_native_bf16(CPUINFO_WITH_BF16)
+    assert precision.cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")  # Arm
+    assert not precision.cpu_has_native_bf16(CPUINFO_WITHOUT_BF16)
 
 
 @pytest.mark.parametrize("native, stored, expected", [
@@ -72,7 +74,7 @@ def test_native_bf16_is_read_from_the_cpu_flags():
 ])
 def test_auto_compute_dtype_on_a_cpu(monkeypatch, native, stored, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
     assert resolve_compute_dtype("auto", stored) == expected
     assert resolve_compute_dtype("bfloat16", stored) == torch.bfloat16
 
@@ -80,21 +82,21 @@ def test_auto_compute_dtype_on_a_cpu(monkeypatch, native, stored, expected):
 def test_4bit_layers_compute_in_float32_on_a_cpu_without_native_bf16(bf16_dir, monkeypatch):
     """The real-size QLoRA load on such a CPU: the bf16 checkpoint's 4-bit layers compute in fp32."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda cpuinfo=None: False)
-    dtype = resolve_compute_dtype("auto", training.checkpoint_dtype(str(bf16_dir)))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    dtype = resolve_compute_dtype("auto", checkpoint_dtype(str(bf16_dir)))
     assert dtype == torch.float32
-    assert training.quantization_config("4bit", dtype).bnb_4bit_compute_dtype == torch.float32
+    assert quantization_config("4bit", dtype).bnb_4bit_compute_dtype == torch.float32
 
 
 def test_checkpoint_dtype_is_read_from_the_folder(bf16_dir, tmp_path):
-    assert training.checkpoint_dtype(str(bf16_dir)) == torch.bfloat16
-    assert training.checkpoint_dtype(str(tmp_path / "missing")) is None
+    assert checkpoint_dtype(str(bf16_dir)) == torch.bfloat16
+    assert checkpoint_dtype(str(tmp_path / "missing")) is None
 
 
 def test_compute_in_float32_keeps_frozen_bf16_weights_and_saves_no_float32_copy_of_them(bf16_dir):
     """Stage 1 on a CPU without bf16: float32 compute, yet the frozen layers stay bf16 in memory and autograd
     saves the bf16 weights, not float32 casts (which would bring back the float32 copy of the whole decoder)."""
-    from train.training import load_sigphi
+    from train.sigphi.loading import load_sigphi
 
     model, processor = load_sigphi(str(bf16_dir))
     model.freeze_vision_tower()

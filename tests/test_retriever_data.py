@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.cli import InvalidInput, run_cli
-from train.retrieval_data import (ARCHIVE_QUESTION, RETRIEVAL_COLUMNS, load_retrieval_task, painted,
-                                  write_retrieval_vqa)
+from train.bundled_data.retrieval_vqa import ARCHIVE_QUESTION, painted, write_retrieval_vqa
+from train.common.cli import InvalidInput, run_cli
+from train.retrieval.task import RETRIEVAL_COLUMNS, load_retrieval_task
 from train.train_retriever_generator import TrainRetrieverGeneratorArguments, main
 
 GOOD_ROW = {"question_text": "What colour is this digit?", "question_image": "q.png",
@@ -129,7 +129,7 @@ def test_archive_documents_paint_the_questioned_drawing_itself():
 def test_a_faiss_id_of_minus_one_is_skipped_and_reported(tmp_path, caplog):
     task = load_retrieval_task(write_csv(tmp_path, [GOOD_ROW]))
     assert len(task.corpus) == 3
-    with caplog.at_level("WARNING", logger="train.retrieval_data"):
+    with caplog.at_level("WARNING", logger="train.retrieval.task"):
         documents = task.documents(np.array([2, 0, -1, -1]))  # FAISS pads a short result list with -1
     assert [doc["text"] for doc in documents] == ["Unrelated.", "The digit is blue."]  # never corpus[-1]
     assert "2 of 4 retrieved document ids are -1" in caplog.text

@@ -13,15 +13,18 @@ from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoi
 from modeling.modeling_retriever_generator import marginalize
 from processing import RetrieverGeneratorProcessor
 from tests.conftest import hub_user_python
-from train.build_model import build_tiny_sigphi
-from train.cli import run_cli
-from train.evaluate_retriever_generator import EvaluateArguments
+from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+from train.common.cli import run_cli
+from train.common.tokenizer import build_byte_level_tokenizer
+from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments as EvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.generator_training import generator_rows, lora_config, pseudo_relevant, train_generator
-from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
-from train.tokenizer import build_byte_level_tokenizer
-from train.train_retriever_generator import (SIGPHI_LORA_TARGETS, TrainRetrieverGeneratorArguments,
-                                             build_tiny_retriever, load_generator, train_retriever_generator)
+from train.retrieval.generator_training import generator_lora_config as lora_config
+from train.retrieval.generator_training import generator_rows, pseudo_relevant, train_generator
+from train.retrieval.models import build_tiny_retriever, load_generator
+from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
+from train.retrieval.task import load_retrieval_task
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS as SIGPHI_LORA_TARGETS
+from train.sigphi.tiny import build_tiny_sigphi
 
 TEMPLATE = RetrieverGeneratorConfig().document_template
 LLAMA_CHAT_TEMPLATE = (

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from modeling import DocumentIndex, MultimodalRetrieverModel
 from modeling.modeling_retriever import ranking_loss
-from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
-from train.retriever_training import rank_documents, ranking_metrics, train_retriever
-from train.train_retriever_generator import build_tiny_retriever
+from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+from train.retrieval.models import build_tiny_retriever
+from train.retrieval.retriever_training import rank_documents, ranking_metrics, train_retriever
+from train.retrieval.task import load_retrieval_task
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_pretrained_siglip_towers_keep_their_shared_space(tmp_path):
     from safetensors.torch import save_file
     from transformers import SiglipConfig, SiglipModel
 
-    from train.tokenizer import build_byte_level_tokenizer
+    from train.common.tokenizer import build_byte_level_tokenizer
 
     tokenizer = build_byte_level_tokenizer(image_token=None)
     text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,

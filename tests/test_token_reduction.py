@@ -9,7 +9,7 @@ import torch
 from configuration import SigPhiConfig, reduced_image_seq_length
 from modeling.modeling_sigphi import pixel_shuffle
 from tests.conftest import chat, hub_user_python, random_image
-from train.build_model import build_tiny_sigphi
+from train.sigphi.tiny import build_tiny_sigphi
 
 
 def test_pixel_shuffle_puts_each_2x2_block_of_patches_side_by_side_and_pads_an_odd_grid_with_zeros():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import hub_user_python, stop_after_checkpoint, write_digits_dataset
-from train.data import load_conversations
+from train.common.vqa_data import load_conversations
 
 STEP_FLAGS = ["--per_device_train_batch_size", "8", "--report_to", "none", "--logging_steps", "1",
               "--save_strategy", "no"]
@@ -121,16 +121,16 @@ def test_training_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted
 
 
 def test_evaluation_counts_exact_matches_after_normalisation(tiny, small_digits):
-    from train.evaluate import evaluate_model, normalise
+    from train.sigphi.evaluation import evaluate_sigphi, normalise
 
     model, processor = tiny
     dataset = load_conversations(small_digits, "test").select(range(6))
-    result = evaluate_model(model, processor, dataset, batch_size=4, max_new_tokens=3)
+    result = evaluate_sigphi(model, processor, dataset, batch_size=4, max_new_tokens=3)
     assert result["n"] == 6 and len(result["samples"]) == 6
     # the random model's own answers, used as the expected ones, must all count as correct
     own = dataset.map(lambda row, i: {"messages": [row["messages"][0], {"role": "assistant", "content": [
         {"type": "text", "text": result["samples"][i][2].upper() + "."}]}]}, with_indices=True)
-    assert evaluate_model(model, processor, own, batch_size=4, max_new_tokens=3)["accuracy"] == 1.0
+    assert evaluate_sigphi(model, processor, own, batch_size=4, max_new_tokens=3)["accuracy"] == 1.0
     assert result["accuracy"] == sum(normalise(a) == normalise(e) for _, e, a in result["samples"]) / 6
     assert normalise("  Seven. ") == "seven"
 

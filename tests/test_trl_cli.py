@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from tests.conftest import write_digits_dataset
-from train.training import LANGUAGE_MODEL_LORA_TARGETS
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 
 TRL = os.path.join(os.path.dirname(sys.executable), "trl")
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from train.cli import run_cli
-from train.data import load_conversations
-from train.training import (COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_in, load_sigphi, machine_defaults,
-                            resolve_compute_dtype, train_with_sft)
+from train.common.cli import run_cli
+from train.common.precision import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_in, resolve_compute_dtype
+from train.common.vqa_data import load_conversations
+from train.sigphi.loading import load_sigphi
+from train.sigphi.sft_trainer import machine_defaults, train_with_sft
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedConfig
 
-from train.cli import InvalidInput, run_cli
-from train.data import conversation
+from train.common.cli import InvalidInput, run_cli
+from train.common.vqa_data import conversation
 
 # (image, question) -> (answer, [[score, document], ...]); the document list is empty for models that do not retrieve.
 Answerer = Callable[[Image.Image, str], tuple[str, list[list]]]
@@ -41,7 +41,7 @@ def model_type(path: str) -> str:
 
 
 def sigphi_answerer(path: str, max_new_tokens: int) -> Answerer:
-    from train.training import load_sigphi
+    from train.sigphi.loading import load_sigphi
 
     model, processor = load_sigphi(path)
     model.eval()

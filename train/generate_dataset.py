@@ -40,8 +40,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from train.cli import InvalidInput, run_cli
-from train.data import PAIR_COLUMNS, conversation, open_image, read_pairs_file, write_parquet_splits
+from train.common.cli import InvalidInput, run_cli
+from train.common.vqa_data import PAIR_COLUMNS, conversation, open_image, read_pairs_file, write_parquet_splits
 
 SEED_QUESTIONS = (
     "Can you describe this image?",

@@ -10,17 +10,12 @@ mapped to 0–255 by round(v * 255 / 16); resizing to the model's input size is 
 user's own 8×8 digit works the same way. The split is fixed: test = images whose index is divisible by 5.
 """
 
-import csv
-import os
 from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image
-
-from train.cli import run_cli
-from train.data import conversation_row, write_parquet_splits
-
-DIGIT_QUESTION = "What digit is shown in this image?"
+from train.bundled_data.digits import DIGIT_QUESTION, digits_splits, write_csv_splits
+from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+from train.common.cli import run_cli
+from train.common.vqa_data import conversation_row, write_parquet_splits
 
 
 @dataclass
@@ -31,39 +26,8 @@ class MakeDatasetArguments:
                                                      "choices": ["parquet", "csv"]})
 
 
-def digit_image(pixels: np.ndarray) -> Image.Image:
-    """An 8×8 `load_digits` picture (values 0–16) as an 8-bit greyscale image."""
-    return Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), mode="L")
-
-
-def digits_splits() -> dict[str, list[tuple[int, Image.Image, str]]]:
-    """{split: [(index in load_digits, image, answer)]} with test = indices divisible by 5."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    splits = {"train": [], "test": []}
-    for index, (pixels, target) in enumerate(zip(digits.images, digits.target)):
-        splits["test" if index % 5 == 0 else "train"].append((index, digit_image(pixels), str(int(target))))
-    return splits
-
-
-def write_csv_splits(splits: dict[str, list[tuple[int, Image.Image, str]]], question: str, output_dir: str) -> None:
-    """The seed's CSV format: `output_dir/{split}.csv` with image paths relative to it (`images/...png`)."""
-    os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
-    for split, items in splits.items():
-        with open(os.path.join(output_dir, f"{split}.csv"), "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "question", "answer"])
-            for index, image, answer in items:
-                relative = f"images/{split}_{index:04d}.png"
-                image.save(os.path.join(output_dir, relative))
-                writer.writerow([relative, question, answer])
-
-
 def main(args: MakeDatasetArguments) -> None:
     if args.dataset == "retrieval_vqa":
-        from train.retrieval_data import write_retrieval_vqa
-
         sizes = write_retrieval_vqa(args.output_dir)
         print(f"wrote retrieval_vqa (train: {sizes['train']}, test: {sizes['test']}, corpus distractors: "
               f"{sizes['corpus']}) as seed CSVs to {args.output_dir}")

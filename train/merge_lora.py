@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from peft import PeftConfig, PeftModel
 
-from train.cli import InvalidInput, run_cli
-from train.training import load_sigphi
+from train.common.cli import InvalidInput, run_cli
+from train.sigphi.loading import load_sigphi
 
 
 @dataclass

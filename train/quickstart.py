@@ -4,7 +4,7 @@
 
 1. write the digits VQA dataset (scikit-learn's `load_digits`, fixed train/test split);
 2. build a tiny random SigPhi (timm SigLIP ViT of width 64 + Phi-3 of width 128);
-3. give its towers stand-in "pretraining" (see `train.standins`): real SigLIP/Phi-3 weights carry
+3. give its towers stand-in "pretraining" (see `train.sigphi.standins`): real SigLIP/Phi-3 weights carry
    knowledge that tiny random parts lack, so this replaces downloading them — it is not part of the
    recipe a user with real checkpoints runs;
 4. stage 1 (`train.align`): projector only, towers frozen;
@@ -29,22 +29,23 @@ from trl import SFTConfig
 
 from train.align import AlignArguments
 from train.align import main as align
-from train.build_model import build_tiny_sigphi
-from train.cli import run_cli
-from train.data import load_conversations
-from train.evaluate import evaluate_model, format_table
-from train.make_dataset import DIGIT_QUESTION
+from train.bundled_data.digits import DIGIT_QUESTION
+from train.bundled_data.retrieval_vqa import write_retrieval_vqa
+from train.common.cli import run_cli
+from train.common.vqa_data import load_conversations
 from train.make_dataset import MakeDatasetArguments
 from train.make_dataset import main as make_dataset
 from train.merge_lora import merge_lora
+from train.retrieval.evaluation import evaluate_retriever_generator
+from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
+from train.retrieval.task import load_retrieval_task
 from train.sft import SFTArguments
 from train.sft import main as sft
-from train.evaluate_retriever_generator import evaluate_model as evaluate_retriever_generator
-from train.retrieval_data import load_retrieval_task, write_retrieval_vqa
-from train.standins import context_answer_rows, pretrain_language_model, pretrain_vision_tower
-from train.train_retriever_generator import TrainRetrieverGeneratorArguments, train_retriever_generator
-from train.training import load_sigphi, machine_defaults
-
+from train.sigphi.evaluation import evaluate_sigphi, format_table
+from train.sigphi.loading import load_sigphi
+from train.sigphi.sft_trainer import machine_defaults
+from train.sigphi.standins import context_answer_rows, pretrain_language_model, pretrain_vision_tower
+from train.sigphi.tiny import build_tiny_sigphi
 
 @dataclass
 class QuickstartArguments:
@@ -114,7 +115,7 @@ def run_sigphi(args: QuickstartArguments) -> dict:
         merge_lora(adapter_dir, final_dir)
     with timed(times, "evaluate"):
         final_model, final_processor = load_sigphi(final_dir)
-        result = evaluate_model(final_model, final_processor, test)
+        result = evaluate_sigphi(final_model, final_processor, test)
     print(format_table(result["samples"], 10))
     return {"test_accuracy": result["accuracy"], "n_test": result["n"], "stage_seconds": times,
             "total_seconds": round(sum(times.values()), 1), "model_dir": final_dir}

@@ -17,11 +17,12 @@ from peft import get_peft_model, prepare_model_for_kbit_training
 from transformers import set_seed
 from trl import SFTConfig
 
-from train.cli import InvalidInput, run_cli
-from train.data import load_conversations
-from train.training import (COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, LANGUAGE_MODEL_LORA_TARGETS,
-                            checkpoint_dtype, compute_in, load_sigphi, lora_config, machine_defaults, quantization_config, resolve_compute_dtype,
-                            train_with_sft)
+from train.common.cli import InvalidInput, run_cli
+from train.common.precision import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_in, resolve_compute_dtype
+from train.common.vqa_data import load_conversations
+from train.sigphi.loading import checkpoint_dtype, load_sigphi
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS, lora_config, quantization_config
+from train.sigphi.sft_trainer import machine_defaults, train_with_sft
 
 
 @dataclass

@@ -26,8 +26,8 @@ from transformers import SiglipTextConfig
 from configuration import MultimodalRetrieverConfig, RetrieverGeneratorConfig
 from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoice
 from processing import MultimodalRetrieverProcessor, RetrieverGeneratorProcessor
-from train.build_model import build_tiny_sigphi
-from train.tokenizer import build_byte_level_tokenizer
+from train.common.tokenizer import build_byte_level_tokenizer
+from train.sigphi.tiny import build_tiny_sigphi
 
 QUESTION = "What digit is shown in this image?"
 ANSWER = "7"

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tests.compat.folders import write_cases
-from train.training import LANGUAGE_MODEL_LORA_TARGETS
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SIGPHI_COMPAT_CACHE", Path.home() / ".cache" / "sigphi-compat"))

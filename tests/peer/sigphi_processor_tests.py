@@ -8,7 +8,7 @@ import unittest
 from transformers import SiglipImageProcessor
 
 from processing import SigPhiProcessor
-from train.tokenizer import build_byte_level_tokenizer
+from train.common.tokenizer import build_byte_level_tokenizer
 
 from ...test_processing_common import ProcessorTesterMixin
 

@@ -1,4 +1,4 @@
-"""Stand-ins for pretrained checkpoints, used only by the quickstart's tiny from-scratch SigPhi.
+"""Stand-ins for pretrained checkpoints, used only by the quickstart's tiny from-scratch SigPhi (`train.quickstart`).
 
 A real SigPhi starts from SigLIP, whose features already separate what images show, and from Phi-3,
 which already follows a chat and answers from what is in its context. Tiny random parts know neither,
@@ -26,7 +26,7 @@ from transformers import Phi3ForCausalLM, Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from processing.processing_sigphi import to_rgb
-from train.data import row_question_answer
+from train.common.vqa_data import row_question_answer
 
 
 class TowerClassifier(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from train.retrieval_data import RetrievalTask
+from train.retrieval.task import RetrievalTask
 
 
 def rank_documents(retriever, processor, task: RetrievalTask, k: int, return_scores: bool = False):

@@ -17,7 +17,8 @@ import torch
 from peft import LoraConfig
 
 from processing import RetrieverGeneratorProcessor
-from train.retrieval_data import RetrievalTask
+from train.common.precision import gpu_supports_bf16
+from train.retrieval.task import RetrievalTask
 
 
 def generator_rows(task: RetrievalTask, document_ids, document_template: str) -> list[dict]:
@@ -31,7 +32,7 @@ def generator_rows(task: RetrievalTask, document_ids, document_template: str) ->
     return rows
 
 
-def lora_config(target_modules: str | list[str], r: int = 16, alpha: int | None = None) -> LoraConfig:
+def generator_lora_config(target_modules: str | list[str], r: int = 16, alpha: int | None = None) -> LoraConfig:
     """LoRA adapters on `target_modules` (a regex, a list of names, or "all-linear")."""
     return LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0, target_modules=target_modules,
                       task_type="CAUSAL_LM")
@@ -50,7 +51,7 @@ def train_generator(generator, processor, rows: list[dict], output_dir: str, epo
         per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="cosine",
         warmup_steps=0.05, weight_decay=0.0, logging_steps=10, save_strategy="epoch", save_total_limit=1,
         assistant_only_loss=True, max_length=None, gradient_checkpointing=gradient_checkpointing,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), report_to="none", seed=seed)
+        bf16=gpu_supports_bf16(), report_to="none", seed=seed)
     trainer = SFTTrainer(model=generator, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=peft_config)
     trainer.train()

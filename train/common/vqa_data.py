@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from processing import IMAGE_TOKEN
-from train.cli import InvalidInput
+from train.common.cli import InvalidInput
 
 PAIR_COLUMNS = ("image", "question", "answer")
 
