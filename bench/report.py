@@ -93,18 +93,21 @@ def _retrieval_section(results: dict, plot_dir: str) -> list[str]:
 
 
 def _quickstart_section(results: dict) -> list[str]:
-    if "quickstart" not in results:
-        return ["## 7. Quickstart", "", "No `outputs/quickstart/metrics.json` yet: run `make quickstart` first.", ""]
-    quick = results["quickstart"]
-    lines = ["## 7. Quickstart (`make quickstart`, read from its metrics.json)", "", "| part | stage | seconds |",
-             "|---|---|---|"]
-    for part, metrics in quick.items():
+    quick = results.get("quickstart") or {"left_out": "not run"}
+    if "left_out" in quick:
+        return ["## 7. Quickstart", "", f"Left out: {quick['left_out']} (`make bench` re-runs an outdated "
+                "quickstart unless given `--no_quickstart_rerun`).", ""]
+    code = quick["code"]
+    parts = {part: metrics for part, metrics in quick.items() if part != "code"}
+    lines = ["## 7. Quickstart (`make quickstart`, read from its metrics.json)", "",
+             f"Run on commit {code['commit'][:7]} at {code['date']}.", "", "| part | stage | seconds |", "|---|---|---|"]
+    for part, metrics in parts.items():
         for stage, seconds in metrics.get("stage_seconds", {}).items():
             lines.append(f"| {part} | {stage} | {seconds} |")
     lines.append("")
     lines += [f"- {part}: " + ", ".join(f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}"
                                         for k, v in metrics.items() if k not in ("stage_seconds", "model_dir"))
-              for part, metrics in quick.items()]
+              for part, metrics in parts.items()]
     return lines + [""]
 
 

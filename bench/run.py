@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ import torch
 from bench import generation, processor, quantization, retrieval, retrieval_scoring, token_reduction, train_step
 from bench.measure import matmul_flops_per_second
 from bench.report import write_report
+from train.common.provenance import staleness
 
 SETTINGS = {
     "quick": {"shape": "quick", "train_repeats": 3, "new_tokens": (32, 128), "gen_repeats": 2,
@@ -52,11 +54,30 @@ def timed(results: dict, selected: set[str], name: str, fn, *args):
     results.setdefault("section_dates", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
+def current_quickstart_metrics(path: str, rerun: bool) -> dict:
+    """The quickstart's metrics.json if it was made by the code as it is now; otherwise the quickstart is run again
+    (`rerun`) or the section says why it is left out, so BENCHMARKS.md never reports a figure of older code."""
+    metrics = None
+    if os.path.exists(path):
+        with open(path) as handle:
+            metrics = json.load(handle)
+    reason = staleness(metrics.get("code")) if metrics else f"no {path}"
+    if reason and rerun:
+        print(f"== quickstart: {reason}; running it again", flush=True)
+        subprocess.run([sys.executable, "-m", "train.quickstart", "--output_dir", os.path.dirname(path)], check=True)
+        with open(path) as handle:
+            metrics = json.load(handle)
+        reason = staleness(metrics.get("code"))
+    return {"left_out": reason} if reason else metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--quickstart_metrics", default="outputs/quickstart/metrics.json")
+    parser.add_argument("--no_quickstart_rerun", action="store_true",
+                        help="leave the quickstart section out instead of re-running a quickstart older than the code")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="re-measure only these; the others keep their results from the last run of this mode")
     args = parser.parse_args()
@@ -83,9 +104,7 @@ def main() -> None:
     timed(results, selected, "retrieval_scoring", retrieval_scoring.run, settings["scoring_questions"],
           settings["scoring_repeats"])
     timed(results, selected, "token_reduction", token_reduction.run, args.quick)
-    if os.path.exists(args.quickstart_metrics):
-        with open(args.quickstart_metrics) as handle:
-            results["quickstart"] = json.load(handle)
+    results["quickstart"] = current_quickstart_metrics(args.quickstart_metrics, rerun=not args.no_quickstart_rerun)
     if os.path.exists("bench/gpu_results.json"):
         with open("bench/gpu_results.json") as handle:
             results["gpu"] = json.load(handle)

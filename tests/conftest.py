@@ -32,6 +32,27 @@ def tiny_dir(tiny, tmp_path_factory):
     return path
 
 
+def write_pretrained_parts(root, vision_model: str, vision_shape: dict):
+    """'Pretrained' parts as downloads give them, made locally: `root/phi3` (a tiny Phi-3 folder whose tokenizer has
+    no <image> yet) and `root/siglip.safetensors` (timm weights of `vision_model` at `vision_shape`)."""
+    import timm
+    from safetensors.torch import save_file
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from train.common.tokenizer import build_byte_level_tokenizer
+    from train.sigphi.tiny import TINY_TEXT_KWARGS
+
+    tokenizer = build_byte_level_tokenizer(image_token=None)  # a vocabulary with no row for <image> yet
+    torch.manual_seed(0)
+    text_config = Phi3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **TINY_TEXT_KWARGS)
+    Phi3ForCausalLM(text_config).save_pretrained(root / "phi3")
+    tokenizer.save_pretrained(root / "phi3")
+    tower = timm.create_model(vision_model, pretrained=False, **vision_shape)  # with its pooling head
+    save_file(tower.state_dict(), root / "siglip.safetensors")
+    return root
+
+
 def random_image(seed: int, size=(37, 53)) -> Image.Image:
     return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (*size, 3), dtype=np.uint8))
 

@@ -4,32 +4,20 @@ import subprocess
 import sys
 
 import pytest
-import timm
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor, Phi3Config, Phi3ForCausalLM
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor, Phi3ForCausalLM
 
 from modeling import SigPhiForConditionalGeneration
-from tests.conftest import chat, random_image
-from train.sigphi.tiny import TINY_TEXT_KWARGS, TINY_VISION_MODEL
-from train.common.tokenizer import build_byte_level_tokenizer
+from tests.conftest import chat, random_image, write_pretrained_parts
+from train.sigphi.tiny import TINY_VISION_MODEL
 
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 
 
 @pytest.fixture(scope="module")
 def pretrained_parts(tmp_path_factory):
-    """A 'pretrained' Phi-3 folder (tokenizer without <image>) and a timm SigLIP weights file, as downloads give."""
-    root = tmp_path_factory.mktemp("parts")
-    tokenizer = build_byte_level_tokenizer(image_token=None)  # a vocabulary with no row for <image> yet
-    torch.manual_seed(0)
-    text_config = Phi3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **TINY_TEXT_KWARGS)
-    Phi3ForCausalLM(text_config).save_pretrained(root / "phi3")
-    tokenizer.save_pretrained(root / "phi3")
-    tower = timm.create_model(TINY_VISION_MODEL, pretrained=False, **VISION_SHAPE)  # with its pooling head
-    save_file(tower.state_dict(), root / "siglip.safetensors")
-    return root
+    return write_pretrained_parts(tmp_path_factory.mktemp("parts"), TINY_VISION_MODEL, VISION_SHAPE)
 
 
 def test_from_pretrained_components_keeps_every_pretrained_weight(pretrained_parts):

@@ -119,11 +119,17 @@ def test_a_retriever_generator_folder_answers_with_its_retrieved_documents_and_s
     processor.save_pretrained(tmp_path / "rag")
     answer, retrieves = load_answerer(str(tmp_path / "rag"), max_new_tokens=4, n_docs=2)
     assert retrieves
-    text, documents = answer(Image.open(digit_png).convert("RGB"), "In the sample archive, what colour is this?")
-    assert isinstance(text, str) and len(documents) == 2
-    scores = [score for score, _ in documents]
-    assert scores == sorted(scores, reverse=True)
-    assert all(isinstance(document, str) and document for _, document in documents)
+    image, question = Image.open(digit_png).convert("RGB"), "In the sample archive, what colour is this?"
+    text, documents = answer(image, question)
+    # what the page shows is what the model retrieves and answers when called directly
+    scores, _, retrieved = model.eval().retrieve(processor, [question], [image], 2)
+    expected = model.generate(processor, question, image, n_docs=2, max_new_tokens=4, do_sample=False).strip()
+    assert expected, "the tiny model's answer must not be empty, or the check below would prove nothing"
+    assert text == expected
+    assert [document for _, document in documents] == [
+        document["text"] if document["text"] is not None else "(an image document)" for document in retrieved[0]]
+    assert [score for score, _ in documents] == pytest.approx(scores[0].tolist(), abs=1e-4)
+    assert scores[0].tolist() == sorted(scores[0].tolist(), reverse=True)
 
 
 def test_an_unusable_model_path_is_refused_in_one_line(tmp_path):

@@ -179,11 +179,25 @@ def test_concatenation_stays_an_option(task, model_and_processor):
     torch.testing.assert_close(prediction.choice_scores, torch.tensor(expected), atol=1e-4, rtol=1e-5)
 
 
-def test_generate_answers_in_free_text(task, model_and_processor):
+def test_generate_answers_in_free_text_the_rag_sequence_way(task, model_and_processor):
+    """One greedy answer per retrieved document, each document read alone; the answer is the candidate with the
+    highest marginal score over all the documents (RAG-Sequence)."""
     model, processor = model_and_processor
     example = task.examples[0]
-    answer = model.generate(processor, example.question, example.image, max_new_tokens=4, do_sample=False)
-    assert isinstance(answer, str)
+    image = example.image.convert("RGB")
+    scores, ids, retrieved = model.retrieve(processor, [example.question], [image], 3)
+    documents, doc_scores = retrieved[0], scores[0][ids[0] >= 0]
+    tokenizer = getattr(processor.generator_processor, "tokenizer", processor.generator_processor)
+    candidates = []
+    for document in documents:
+        inputs = processor.generation_batch(example.question, image, [document], model.config.document_template)
+        output = model.generator.generate(**inputs, max_new_tokens=4, do_sample=False)
+        candidates.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    distinct = list(dict.fromkeys(candidate for candidate in candidates if candidate))
+    assert len(distinct) > 1, f"the documents must lead to different answers for the re-scoring to matter: {candidates}"
+    marginal = model.predict(processor, example.question, image, distinct, documents, doc_scores=doc_scores)
+    answer = model.generate(processor, example.question, image, n_docs=3, max_new_tokens=4, do_sample=False)
+    assert answer == distinct[int(marginal.choice_scores.argmax())]
 
 
 def test_the_prompt_shows_text_documents_as_text_and_image_documents_as_images(task):

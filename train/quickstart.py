@@ -32,6 +32,7 @@ from train.align import main as align
 from train.bundled_data.digits import DIGIT_QUESTION
 from train.bundled_data.retrieval_vqa import write_retrieval_vqa
 from train.common.cli import run_cli
+from train.common.provenance import code_revision
 from train.common.vqa_data import load_conversations
 from train.make_dataset import MakeDatasetArguments
 from train.make_dataset import main as make_dataset
@@ -44,7 +45,8 @@ from train.sft import main as sft
 from train.sigphi.evaluation import evaluate_sigphi, format_table
 from train.sigphi.loading import load_sigphi
 from train.sigphi.sft_trainer import machine_defaults
-from train.sigphi.standins import context_answer_rows, pretrain_language_model, pretrain_vision_tower
+from train.sigphi.standins import (context_answer_rows, linear_probe_accuracy, pretrain_language_model,
+                                   pretrain_vision_tower)
 from train.sigphi.tiny import build_tiny_sigphi
 
 @dataclass
@@ -92,6 +94,8 @@ def run_sigphi(args: QuickstartArguments) -> dict:
         pretrain_vision_tower(model, processor, train, stage_args(
             os.path.join(work, "vision-standin"), **common, num_train_epochs=30, per_device_train_batch_size=32,
             learning_rate=3e-3))
+        probe_accuracy = linear_probe_accuracy(model, processor, train, test)
+        print(f"stand-in tower, linear probe on the test split: {probe_accuracy:.3f}")
     with timed(times, "stand-in pretraining: language model"):
         answers = sorted({str(digit) for digit in range(10)})
         pretrain_language_model(model, processor, context_answer_rows(answers, DIGIT_QUESTION, 3000, args.seed),
@@ -100,6 +104,8 @@ def run_sigphi(args: QuickstartArguments) -> dict:
         base_dir = os.path.join(work, "sigphi-base")
         model.save_pretrained(base_dir)
         processor.save_pretrained(base_dir)
+    with timed(times, "evaluate before stage 1 (untrained projector)"):
+        before_stage_1 = evaluate_sigphi(model, processor, test)["accuracy"]
     aligned_dir = os.path.join(work, "sigphi-aligned")
     with timed(times, "stage 1: align projector"):
         align(AlignArguments(model_name_or_path=base_dir, dataset=data_dir),
@@ -117,7 +123,9 @@ def run_sigphi(args: QuickstartArguments) -> dict:
         final_model, final_processor = load_sigphi(final_dir)
         result = evaluate_sigphi(final_model, final_processor, test)
     print(format_table(result["samples"], 10))
-    return {"test_accuracy": result["accuracy"], "n_test": result["n"], "stage_seconds": times,
+    return {"test_accuracy": result["accuracy"], "n_test": result["n"],
+            "standin_tower_linear_probe_accuracy": probe_accuracy, "accuracy_before_stage_1": before_stage_1,
+            "stage_seconds": times,
             "total_seconds": round(sum(times.values()), 1), "model_dir": final_dir}
 
 
@@ -159,7 +167,8 @@ def run_retriever_generator(args: QuickstartArguments) -> dict:
 def main(args: QuickstartArguments) -> None:
     torch.manual_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    metrics = {"sigphi": {**run_sigphi(args), "image_token_reduction": args.image_token_reduction}}
+    metrics = {"code": code_revision(),
+               "sigphi": {**run_sigphi(args), "image_token_reduction": args.image_token_reduction}}
     if not args.skip_retriever_generator:
         metrics["retriever_generator"] = run_retriever_generator(args)
     path = os.path.join(args.output_dir, "metrics.json")
@@ -168,7 +177,9 @@ def main(args: QuickstartArguments) -> None:
     sigphi, rag = metrics["sigphi"], metrics.get("retriever_generator")
     print(f"\n| part | result | seconds |\n|---|---|---|\n"
           f"| SigPhi (r = {args.image_token_reduction}) | test accuracy {sigphi['test_accuracy']:.3f} on "
-          f"{sigphi['n_test']} held-out digits | {sigphi['total_seconds']} |")
+          f"{sigphi['n_test']} held-out digits (before stage 1: {sigphi['accuracy_before_stage_1']:.3f}; the "
+          f"stand-in tower's linear probe: {sigphi['standin_tower_linear_probe_accuracy']:.3f}) "
+          f"| {sigphi['total_seconds']} |")
     if rag is None:
         print(f"metrics: {path}")
         return

@@ -51,12 +51,9 @@ def pretrain_vision_tower(model, processor, dataset: Dataset, training_args: Tra
     -1 is black after SigLIP's normalisation, the digits' background.
     """
     labels = sorted({row_question_answer(row)[1] for row in dataset})
-    label_ids = {label: i for i, label in enumerate(labels)}
     augment = RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=-1.0)
     # preprocess once; augment the (3, H, W) tensors at the model's resolution on every draw
-    pixel_values = processor.image_processor(images=[to_rgb(row["images"][0]) for row in dataset],
-                                             return_tensors="pt")["pixel_values"]
-    targets = torch.tensor([label_ids[row_question_answer(row)[1]] for row in dataset])
+    pixel_values, targets = _pixels_and_targets(processor, dataset, labels)
     examples = [{"index": i} for i in range(len(targets))]
 
     def collate(batch: list[dict]) -> dict:
@@ -68,6 +65,33 @@ def pretrain_vision_tower(model, processor, dataset: Dataset, training_args: Tra
     training_args.remove_unused_columns = False
     trainer = Trainer(model=classifier, args=training_args, train_dataset=examples, data_collator=collate)
     return trainer.train().training_loss
+
+
+def _pixels_and_targets(processor, dataset: Dataset, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) preprocessed first images and (N,) indices of each row's answer in `labels`."""
+    label_ids = {label: i for i, label in enumerate(labels)}
+    pixel_values = processor.image_processor(images=[to_rgb(row["images"][0]) for row in dataset],
+                                             return_tensors="pt")["pixel_values"]
+    return pixel_values, torch.tensor([label_ids[row_question_answer(row)[1]] for row in dataset])
+
+
+@torch.no_grad()
+def linear_probe_accuracy(model, processor, train: Dataset, test: Dataset) -> float:
+    """Test accuracy of a logistic regression on the frozen tower's mean-pooled tokens, fitted on `train`.
+
+    This is what the stand-in tower alone knows about the answers: the quickstart reports it beside SigPhi's
+    accuracy, so the share of the result that the recipe (projector + LoRA) adds is visible."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = sorted({row_question_answer(row)[1] for row in train})
+    tower = model.model.vision_tower.eval()
+    features = {}
+    for name, rows in (("train", train), ("test", test)):
+        pixel_values, targets = _pixels_and_targets(processor, rows, labels)
+        pooled = torch.cat([tower.forward_features(chunk).mean(dim=1) for chunk in pixel_values.split(256)])
+        features[name] = (pooled.float().numpy(), targets.numpy())
+    probe = LogisticRegression(max_iter=5000).fit(*features["train"])
+    return float(probe.score(*features["test"]))
 
 
 def context_answer_rows(answers: list[str], question: str, n_rows: int, seed: int = 0) -> Dataset:

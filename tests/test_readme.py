@@ -1,0 +1,124 @@
+"""README.md as written: every fenced command and Python snippet runs, or is listed in `NOT_RUN` with the reason.
+
+The blocks run in README order in one scratch folder, so a later block finds what an earlier one wrote, as a
+reader's would. Only the substitutions README itself announces are made ("Every command and snippet in this
+README is run by tests/test_readme.py..."): Hub checkpoints become local stand-ins of the same kind (a tiny Phi-3
+folder, timm weights of the same timm model at a tiny shape, a tiny SmolVLM-architecture teacher answering about
+bundled digits), training steps stop after 2 optimizer steps, the retriever-generator trains for a fraction of an
+epoch, and absolute scratch paths (`/tmp/rg/...`) move into the scratch folder. Everything else — flags, paths,
+the order of the steps — is the README's, so README cannot drift from the code.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_pretrained_parts
+from tests.test_generate_dataset import build_teacher, write_digits
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+REAL_VISION_MODEL = "vit_so400m_patch14_siglip_384.webli"
+VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
+TRAINING_COMMAND = re.compile(r"^\s*(python -m train\.(align|sft)|trl sft)\b")
+RETRIEVER_GENERATOR_SIZES = "--retriever_epochs 0.05 --generator_epochs 0.05 --joint_epochs 0.02"
+
+# A distinctive piece of each block that is not run -> why not (and what covers it instead).
+NOT_RUN = {
+    "make quickstart": "the README's two commands: CI runs `make test` itself, and tests/test_quickstart.py runs "
+                       "the quickstart's recipe",
+    "make lock": "re-resolves every dependency against the package registry and rewrites requirements.lock; "
+                 "`make test-compat` and `make test-peer` are run by .ci/run",
+    "accelerate launch --multi_gpu": "launch lines for several GPUs or nodes with `...` for the step's flags; "
+                                     "tests/test_multiprocess.py runs two CPU processes of train.sft",
+    "model.push_to_hub": "uploads to the Hub; tests/test_ecosystem.py pushes to a local stand-in of the Hub API",
+    'pip install -e ".[demo]"': "starts a web server that runs until stopped; tests/test_demo.py drives it in a "
+                                "browser",
+    "python -m bench.retrieval_scoring": "a benchmark (minutes at its sizes), one section of `make bench`",
+}
+
+
+@dataclass
+class Block:
+    language: str
+    text: str
+    line: int
+
+    @property
+    def name(self) -> str:
+        first = next(line for line in self.text.splitlines() if line.strip() and not line.startswith("#"))
+        return f"README:{self.line} {first.strip()[:60]}"
+
+
+def readme_blocks() -> list[Block]:
+    text = README.read_text(encoding="utf-8")
+    return [Block(match.group(1), match.group(2), text[:match.start()].count("\n") + 1)
+            for match in re.finditer(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)]
+
+
+def reason_not_run(block: Block) -> str | None:
+    return next((reason for key, reason in NOT_RUN.items() if key in block.text), None)
+
+
+BLOCKS_TO_RUN = [block for block in readme_blocks() if reason_not_run(block) is None]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """The scratch folder the blocks run in, and the local stand-ins for what they would download."""
+    root = tmp_path_factory.mktemp("readme")
+    parts = write_pretrained_parts(tmp_path_factory.mktemp("parts"), REAL_VISION_MODEL, VISION_SHAPE)
+    teacher = build_teacher(tmp_path_factory.mktemp("teacher"))
+    photos = tmp_path_factory.mktemp("photos")
+    write_digits(photos, 5)
+    return {"root": root, "phi3": parts / "phi3", "vision_weights": parts / "siglip.safetensors",
+            "teacher": teacher, "photos": photos}
+
+
+def with_stand_ins(block: Block, workspace: dict[str, Path]) -> str:
+    """The block with the substitutions the README announces, and nothing else."""
+    text = block.text.replace("microsoft/Phi-3-mini-4k-instruct", str(workspace["phi3"]))
+    text = text.replace("/tmp/rg/", f"{workspace['root']}/rg/")
+    vision_kwargs = {**VISION_SHAPE, "pretrained_cfg_overlay": {"file": str(workspace["vision_weights"])}}
+    if block.language == "python":
+        return text.replace(f'vision_model="{REAL_VISION_MODEL}"',
+                            f'vision_model="{REAL_VISION_MODEL}", vision_kwargs={vision_kwargs!r}')
+    text = text.replace(f"--vision_model {REAL_VISION_MODEL}",
+                        f"--vision_model {REAL_VISION_MODEL} --vision_weights {workspace['vision_weights']} "
+                        f"--vision_kwargs '{json.dumps(VISION_SHAPE)}'")
+    lines = []
+    for line in text.replace("\\\n", " ").splitlines():
+        command = re.sub(r"\s+#.*$", "", line)
+        if TRAINING_COMMAND.match(command):
+            command += " --max_steps 2"
+        elif "python -m train.generate_dataset" in command:
+            command += f" --teacher {workspace['teacher']} --image_dir {workspace['photos']}"
+        elif "python -m train.train_retriever_generator" in command:
+            command += " " + RETRIEVER_GENERATOR_SIZES
+        lines.append(command)
+    return "\n".join(lines)
+
+
+def test_every_block_is_run_or_says_why_not():
+    blocks = readme_blocks()
+    assert len(blocks) > 10, "README's fenced blocks were not found"
+    assert all(block.language in ("bash", "python") for block in blocks), [b.name for b in blocks]
+    unused = [key for key in NOT_RUN if not any(key in block.text for block in blocks)]
+    assert not unused, f"NOT_RUN entries that match no README block any more: {unused}"
+
+
+@pytest.mark.parametrize("block", BLOCKS_TO_RUN, ids=lambda block: block.name)
+def test_readme_block_runs_as_written(block, workspace):
+    script = with_stand_ins(block, workspace)
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ["PATH"], "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+    command = (["bash", "-euo", "pipefail", "-c", script] if block.language == "bash"
+               else [sys.executable, "-c", script])
+    result = subprocess.run(command, cwd=workspace["root"], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{block.name} failed:\n{script}\n--- stderr ---\n{result.stderr[-4000:]}"
