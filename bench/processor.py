@@ -1,6 +1,9 @@
 """Processor throughput: SigPhi's processor vs LlavaProcessor around the same image processor and tokenizer."""
 
+import statistics
+
 import numpy as np
+import torch
 from PIL import Image
 from transformers import LlavaProcessor, SiglipImageProcessor, SiglipImageProcessorPil
 
@@ -20,19 +23,44 @@ def _processors(image_processor_class, size: int, patch: int) -> dict:
                                     vision_feature_select_strategy="full")}
 
 
-def run(batch_sizes: tuple[int, ...], repeats: int, size: int = 224, patch: int = 16) -> dict:
-    """images/s per batch size for both processors, with the fast (torchvision) and slow (PIL) image processor."""
+def run(batch_sizes: tuple[int, ...], repeats: int, size: int = 224, patch: int = 16,
+        images_per_sample: int = 64) -> dict:
+    """images/s per batch size for both processors, with the fast (torchvision) and slow (PIL) image processor.
+
+    One call at batch 1 takes about a millisecond, so each timing sample is a loop of calls covering
+    `images_per_sample` images, and the two processors alternate sample by sample (median of `repeats`), so
+    neither is favoured by running first or by a burst of load from another process."""
     rng = np.random.RandomState(0)
     images = [Image.fromarray(rng.randint(0, 255, (256, 320, 3), dtype=np.uint8)) for _ in range(max(batch_sizes))]
-    results: dict = {}
-    for backend, image_processor_class in (("fast", SiglipImageProcessor), ("slow", SiglipImageProcessorPil)):
-        processors = _processors(image_processor_class, size, patch)
-        for n in batch_sizes:
-            for name, processor in processors.items():
-                seconds = median_seconds(lambda: processor(text=[PROMPT] * n, images=[[im] for im in images[:n]],
-                                                           return_tensors="pt"), repeats)
-                results.setdefault(backend, {}).setdefault(name, {})[n] = n / seconds
+    results: dict = {"torch_threads": 1}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; with 2 threads each call's tiny ops wait on each other
+    try:
+        _measure(results, images, batch_sizes, repeats, size, patch, images_per_sample)
+    finally:
+        torch.set_num_threads(threads)
     results["ratio_sigphi_over_llava"] = {
         backend: {n: results[backend]["sigphi"][n] / results[backend]["llava"][n] for n in batch_sizes}
         for backend in ("fast", "slow")}
     return results
+
+
+def _measure(results: dict, images: list, batch_sizes: tuple[int, ...], repeats: int, size: int, patch: int,
+             images_per_sample: int) -> None:
+    for backend, image_processor_class in (("fast", SiglipImageProcessor), ("slow", SiglipImageProcessorPil)):
+        processors = _processors(image_processor_class, size, patch)
+        for n in batch_sizes:
+            calls = max(1, images_per_sample // n)
+
+            def loop(processor):
+                for _ in range(calls):
+                    processor(text=[PROMPT] * n, images=[[im] for im in images[:n]], return_tensors="pt")
+
+            samples: dict[str, list[float]] = {name: [] for name in processors}
+            for name, processor in processors.items():
+                loop(processor)  # warm-up
+            for _ in range(repeats):
+                for name, processor in processors.items():
+                    samples[name].append(median_seconds(lambda: loop(processor), 1, warmup=0))
+            for name in processors:
+                results.setdefault(backend, {}).setdefault(name, {})[n] = n * calls / statistics.median(samples[name])

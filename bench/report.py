@@ -44,7 +44,7 @@ def _machine_section(results: dict) -> list[str]:
 
 def _processor_section(results: dict) -> list[str]:
     proc = results["processor"]
-    lines = ["## 3. Processor (images/s, 320×256 RGB → 224×224)", "",
+    lines = ["## 3. Processor (images/s, 320×256 RGB → 224×224, one torch thread as in a DataLoader worker)", "",
              "| image processor | processor | " + " | ".join(f"batch {n}" for n in proc["fast"]["sigphi"]) + " |",
              "|---|---|" + "---|" * len(proc["fast"]["sigphi"])]
     for backend in ("fast", "slow"):
