@@ -46,6 +46,16 @@ def test_quickstart_reaches_95_percent_on_held_out_digits(quickstart):
     assert set(sigphi["stage_seconds"]) >= {"stage 1: align projector", "stage 2: 4bit LoRA fine-tuning"}
 
 
+def test_quickstart_says_what_the_recipe_adds_to_the_stand_in_pretraining(quickstart):
+    """Beside SigPhi's accuracy: the stand-in tower's own linear probe on the same test split, and SigPhi before
+    stage 1 (untrained projector): the recipe, not the stand-in, must be what answers."""
+    metrics = json.loads((quickstart / "metrics.json").read_text())
+    sigphi = metrics["sigphi"]
+    assert 0.5 <= sigphi["standin_tower_linear_probe_accuracy"] <= 1.0
+    assert sigphi["accuracy_before_stage_1"] <= sigphi["test_accuracy"] - 0.5
+    assert metrics["code"]["commit"] and "uncommitted_code_changes" in metrics["code"]
+
+
 def test_quickstart_retriever_generator_answers_from_retrieved_documents(quickstart):
     """The bundled task's answers are only in the documents (facts unseen in training): retrieval must carry it."""
     rag = json.loads((quickstart / "metrics.json").read_text())["retriever_generator"]

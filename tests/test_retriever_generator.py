@@ -21,6 +21,7 @@ from train.evaluate_retriever_generator import main as evaluate_main
 from train.retrieval.generator_training import generator_lora_config as lora_config
 from train.retrieval.generator_training import generator_rows, pseudo_relevant, train_generator
 from train.retrieval.models import build_tiny_retriever, load_generator
+from train.retrieval.retriever_training import rank_documents
 from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
 from train.retrieval.task import load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS as SIGPHI_LORA_TARGETS
@@ -385,13 +386,29 @@ def test_training_and_evaluation_clis(data, tmp_path, capsys):
     assert (output_dir / "retriever" / "documents.faiss").is_file()
     assert MultimodalRetrieverModel.from_pretrained(output_dir / "retriever").document_index is not None
 
+    # what the CLI prints must be what the saved model does, question by question (no batching, no grouping)
+    model = RetrieverGeneratorForMultipleChoice.from_pretrained(output_dir).eval()
+    processor = RetrieverGeneratorProcessor.from_pretrained(output_dir)
+    eval_task = load_retrieval_task(data / "test.csv", data / "corpus.jsonl")
+    ranked, scores = rank_documents(model.retriever, processor.retriever_processor, eval_task, 5, return_scores=True)
+    first_gold = [next((rank for rank, i in enumerate(ids, 1) if i in example.gold_document_ids), None)
+                  for ids, example in zip(ranked, eval_task.examples)]
     for docs in ("retrieved", "none", "oracle"):
         run_cli(evaluate_main, EvaluateArguments, argv=["--model", str(output_dir), "--csv", str(data / "test.csv"),
                                                         "--corpus", str(data / "corpus.jsonl"), "--docs", docs])
         printed = capsys.readouterr().out.strip().splitlines()
         result = json.loads(printed[-1])
-        assert result["docs"] == docs and result["n"] == 30 and 0 <= result["accuracy"] <= 1
-        assert result["retriever_recall_at_1"] <= result["retriever_recall_at_5"]
+        assert result["docs"] == docs and result["n"] == 30
+        correct = 0
+        for example, ids, doc_scores in zip(eval_task.examples, ranked, scores):
+            read = {"retrieved": eval_task.documents(ids), "none": [],
+                    "oracle": eval_task.documents(example.gold_document_ids[:5])}[docs]
+            prediction = model.predict(processor, example.question, example.image, example.answer_choices, read,
+                                       doc_scores=torch.tensor(doc_scores) if docs == "retrieved" else None)
+            correct += prediction.label == example.label
+        assert result["accuracy"] == pytest.approx(correct / 30)
+        assert result["retriever_recall_at_1"] == pytest.approx(sum(rank == 1 for rank in first_gold) / 30)
+        assert result["retriever_recall_at_5"] == pytest.approx(sum(rank is not None for rank in first_gold) / 30)
 
 
 def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
