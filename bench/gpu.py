@@ -4,9 +4,9 @@
 
 SigLIP-SO400M/14@384 (timm `vit_so400m_patch14_siglip_384`, 729 image tokens) + Phi-3-mini-4k shapes, built
 from configs on the GPU in bfloat16 (no download), saved as a folder and loaded back the way `train.sft` loads it:
-NF4 4-bit decoder with double quantization and bf16 compute (`train.training.quantization_config`), k-bit
+NF4 4-bit decoder with double quantization and bf16 compute (`train.sigphi.qlora.quantization_config`), k-bit
 preparation with gradient checkpointing, LoRA r=16 on the language model's projections and the projector trained
-(`train.training.lora_config`), AdamW, bf16 autocast (what `--bf16` does in the Trainer). Each row of a batch is
+(`train.sigphi.qlora.lora_config`), AdamW, bf16 autocast (what `--bf16` does in the Trainer). Each row of a batch is
 729 `<image>` tokens plus text up to `--seq_len` tokens, with labels on every text token. Reports peak GPU memory
 (allocated and reserved by PyTorch) and the median step time.
 
