@@ -108,6 +108,5 @@ def report_section(results: dict) -> list[str]:
         + (f"more than {CLEAR_WIN:.0%} faster than the dynamic cache, so it should be the default."
            if first["default"] != "dynamic_cache" else
            f"the default stays transformers' dynamic cache (no setting is {CLEAR_WIN:.0%} faster over a whole "
-           "answer including its compile time).")
-        + "", ""]
+           "answer including its compile time)."), ""]
     return lines

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import LlavaProcessor, SiglipImageProcessor, SiglipImageProcessorPil
 
-from bench.measure import median_seconds
+from bench.measure import seconds
 from processing import SigPhiProcessor
 from train.common.tokenizer import build_byte_level_tokenizer
 
@@ -61,6 +61,6 @@ def _measure(results: dict, images: list, batch_sizes: tuple[int, ...], repeats:
                 loop(processor)  # warm-up
             for _ in range(repeats):
                 for name, processor in processors.items():
-                    samples[name].append(median_seconds(lambda: loop(processor), 1, warmup=0))
+                    samples[name].append(seconds(lambda: loop(processor)))
             for name in processors:
                 results.setdefault(backend, {}).setdefault(name, {})[n] = n * calls / statistics.median(samples[name])

@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Phi3Config, SiglipVisionConfig
 
-from bench.measure import median_seconds, run_isolated
+from bench.measure import median_seconds, run_isolated, seconds
 from bench.models import BenchShape, batch, build_llava, build_sigphi
 
 FACTORS = (1, 2, 3)
@@ -64,8 +64,8 @@ def measure(model_name: str, shape: BenchShape, repeats: int, new_tokens: int) -
     generate(new_tokens)  # warm-up
     firsts, decodes = [], []
     for _ in range(repeats):  # paired: each answer's decode time is its own length minus a neighbouring 1-token run
-        firsts.append(median_seconds(lambda: generate(1), 1, warmup=0))
-        decodes.append(median_seconds(lambda: generate(new_tokens), 1, warmup=0) - firsts[-1])
+        firsts.append(seconds(lambda: generate(1)))
+        decodes.append(seconds(lambda: generate(new_tokens)) - firsts[-1])
     decode = statistics.median(decodes)
     return {"model": model_name, "image_tokens": image_tokens, "sequence_length": image_tokens + shape.text_tokens,
             "train_step_seconds": step, "time_to_first_token_seconds": statistics.median(firsts),

@@ -152,7 +152,8 @@ def test_test_fraction_holds_out_whole_images(teacher, tmp_path):
     def images_of(split: str) -> set[bytes]:  # an image is identified by its pixels, as the Parquet rows hold no path
         return {np.asarray(row["images"][0]).tobytes() for row in dataset[split]}
 
-    assert len(dataset["test"]) == 2 * 5 and len(dataset["train"]) == 3 * 5  # round(0.4 × 5) = 2 images, 5 questions each
+    # round(0.4 × 5) = 2 images held out, with their 5 questions each
+    assert len(dataset["test"]) == 2 * 5 and len(dataset["train"]) == 3 * 5
     assert len(images_of("test")) == 2 and len(images_of("train")) == 3
     assert not images_of("test") & images_of("train")
     first_split = {split: [row_question_answer(row) for row in dataset[split]] for split in ("train", "test")}

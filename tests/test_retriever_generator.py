@@ -16,15 +16,15 @@ from tests.conftest import hub_user_python
 from train.bundled_data.retrieval_vqa import write_retrieval_vqa
 from train.common.cli import run_cli
 from train.common.tokenizer import build_byte_level_tokenizer
-from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments as EvaluateArguments
+from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.retrieval.generator_training import generator_lora_config as lora_config
+from train.retrieval.generator_training import generator_lora_config
 from train.retrieval.generator_training import generator_rows, pseudo_relevant, train_generator
 from train.retrieval.models import build_tiny_retriever, load_generator
 from train.retrieval.retriever_training import rank_documents
 from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
 from train.retrieval.task import load_retrieval_task
-from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS as SIGPHI_LORA_TARGETS
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi
 
 TEMPLATE = RetrieverGeneratorConfig().document_template
@@ -355,7 +355,7 @@ def test_generator_fine_tunes_lora_adapters_and_merges_them(task, tmp_path):
     before = {name: tensor.clone() for name, tensor in generator.state_dict().items()}
     rows = generator_rows(task, [e.gold_document_ids for e in task.examples[:16]], TEMPLATE)
     tuned = train_generator(generator, generator_processor, rows, str(tmp_path), epochs=1, batch_size=8,
-                            peft_config=lora_config(SIGPHI_LORA_TARGETS, r=4))
+                            peft_config=generator_lora_config(LANGUAGE_MODEL_LORA_TARGETS, r=4))
     after = tuned.state_dict()
     assert isinstance(tuned, SigPhiForConditionalGeneration) and set(after) == set(before)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -372,7 +372,7 @@ def test_qlora_trains_a_4bit_generator(tmp_path):
     rows = [{"messages": RetrieverGeneratorProcessor.conversation("What colour?", image, [], TEMPLATE, answer="red")[0],
              "images": [image]}] * 4
     tuned = train_generator(quantized, processor, rows, str(tmp_path), epochs=1, batch_size=2,
-                            peft_config=lora_config(SIGPHI_LORA_TARGETS, r=4))
+                            peft_config=generator_lora_config(LANGUAGE_MODEL_LORA_TARGETS, r=4))
     assert not any("lora" in name for name, _ in tuned.named_parameters())
 
 
@@ -394,8 +394,9 @@ def test_training_and_evaluation_clis(data, tmp_path, capsys):
     first_gold = [next((rank for rank, i in enumerate(ids, 1) if i in example.gold_document_ids), None)
                   for ids, example in zip(ranked, eval_task.examples)]
     for docs in ("retrieved", "none", "oracle"):
-        run_cli(evaluate_main, EvaluateArguments, argv=["--model", str(output_dir), "--csv", str(data / "test.csv"),
-                                                        "--corpus", str(data / "corpus.jsonl"), "--docs", docs])
+        run_cli(evaluate_main, RetrieverGeneratorEvaluateArguments,
+                argv=["--model", str(output_dir), "--csv", str(data / "test.csv"), "--corpus",
+                      str(data / "corpus.jsonl"), "--docs", docs])
         printed = capsys.readouterr().out.strip().splitlines()
         result = json.loads(printed[-1])
         assert result["docs"] == docs and result["n"] == 30

@@ -20,11 +20,15 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def _uncommitted_code_changes() -> bool | None:
+    status = _git("status", "--porcelain", "--", *CODE_PATHS)
+    return bool(status) if status is not None else None
+
+
 def code_revision() -> dict:
     """{'commit', 'uncommitted_code_changes', 'date'} of the code as it is now (commit None outside a git clone)."""
-    status = _git("status", "--porcelain", "--", *CODE_PATHS)
-    return {"commit": _git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(status) if status is not None
-            else None, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {"commit": _git("rev-parse", "HEAD"), "uncommitted_code_changes": _uncommitted_code_changes(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def staleness(revision: dict | None) -> str | None:
@@ -33,8 +37,7 @@ def staleness(revision: dict | None) -> str | None:
         return "the result records no commit"
     if revision.get("uncommitted_code_changes"):
         return f"it was made with uncommitted code changes on top of {revision['commit'][:7]}"
-    now = code_revision()
-    if now["uncommitted_code_changes"]:
+    if _uncommitted_code_changes():
         return "the code has uncommitted changes now"
     last_code_commit = _git("log", "-1", "--format=%H", "--", *CODE_PATHS)
     if last_code_commit and _git("merge-base", "--is-ancestor", last_code_commit, revision["commit"]) is None:
