@@ -2,6 +2,7 @@
 loading (in a Hub user's process too), LoRA/QLoRA fine-tuning and the training and evaluation CLIs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
 from train.retrieval.generator_training import generator_lora_config
-from train.retrieval.generator_training import generator_rows, pseudo_relevant, train_generator
+from train.retrieval.generator_training import (document_relevance_loss, generator_rows, lexical_neighbours,
+                                                pseudo_relevant, train_generator)
 from train.retrieval.models import build_tiny_retriever, load_generator
 from train.retrieval.retriever_training import rank_documents
 from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
@@ -436,6 +438,32 @@ def test_pseudo_relevance_reads_the_answer_in_text_documents():
     assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is red."}, choices, 1) is False
     assert pseudo_relevant({"text": "Blue or red, nobody knows."}, choices, 1) is False  # names a wrong choice too
     assert pseudo_relevant({"text": None, "image": object()}, choices, 1) is None  # the generator must judge
+
+
+def test_document_relevance_loss_asks_for_the_answer_from_a_relevant_document_and_no_answer_from_others():
+    uniform = torch.zeros(2)  # log-likelihoods of two choices, equal
+    sure_of_first = torch.log(torch.tensor([0.8, 0.2]))
+    scores = torch.stack([uniform, sure_of_first])[None]  # (1 question, 2 documents, 2 choices)
+    label = torch.tensor([0])
+    # Document 0 relevant (the answer's -log p = log 2), document 1 not (KL(uniform || [0.8, 0.2])).
+    kl = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    expected = (math.log(2) + kl) / 2
+    assert document_relevance_loss(scores, label, torch.tensor([[True, False]])).item() == pytest.approx(expected)
+    # Nothing to learn: the relevant document answers right for sure, the irrelevant one does not choose.
+    settled = torch.stack([torch.tensor([0.0, -30.0]), uniform])[None]
+    assert document_relevance_loss(settled, label, torch.tensor([[True, False]])).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_lexical_neighbours_find_the_facts_that_name_the_questions_catalogue(task):
+    """Without gold labels the first candidates come from the question's words: a catalogue question's nearest
+    text documents are that catalogue's facts (its name is the rare word)."""
+    catalogue_rows = [i for i, e in enumerate(task.examples) if "catalogue" in e.question]
+    nearest = lexical_neighbours(task, depth=10)
+    assert nearest.shape == (len(task.examples), 10)
+    for i in catalogue_rows:
+        name = task.examples[i].question.split()[2]  # "In the Kalomi catalogue, ..."
+        assert all(f"the {name} catalogue" in task.corpus[doc]["text"] for doc in nearest[i])
+        assert task.examples[i].gold_document_ids[0] in nearest[i]
 
 
 def test_training_from_answers_only(data, tmp_path):

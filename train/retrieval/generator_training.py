@@ -80,11 +80,32 @@ def pseudo_relevant(document: dict, choices: list[str], label: int) -> bool | No
     return right and not any(c.lower() in text for i, c in enumerate(choices) if i != label)
 
 
+def lexical_neighbours(task: RetrievalTask, depth: int) -> np.ndarray:
+    """(n_examples, depth) ids of the text documents nearest each question by TF-IDF cosine (scikit-learn's
+    `TfidfVectorizer`): the unsupervised retriever pseudo-relevance starts from when the dense one knows nothing yet
+    (rare words such as a catalogue's name carry the weight, as they would for BM25)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    text_ids = np.array([i for i, doc in enumerate(task.corpus) if doc["text"] is not None])
+    if not len(text_ids):
+        return np.zeros((len(task.examples), 0), dtype=np.int64)
+    questions = [example.question for example in task.examples]
+    vectorizer = TfidfVectorizer().fit([task.corpus[i]["text"] for i in text_ids] + questions)
+    similarity = (vectorizer.transform(questions) @ vectorizer.transform(
+        [task.corpus[i]["text"] for i in text_ids]).T).toarray()  # (n_examples, n_text_documents)
+    return text_ids[np.argsort(-similarity, axis=1, kind="stable")[:, :depth]]
+
+
 @torch.no_grad()
 def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embeddings: torch.Tensor, depth: int = 10,
                             use_generator: bool = True, batch_size: int = 16) -> list[list[int]]:
-    """Per training question, the ids of its pseudo-relevant documents among the `depth` nearest (RA-VQA), and
-    the `depth` text documents nearest its text alone.
+    """Per training question, the ids of its pseudo-relevant documents (RA-VQA) among three neighbourhoods of
+    `depth` documents each: the retriever's nearest (text and image fused, the index's own ranking), the text
+    documents nearest the question's words (`lexical_neighbours`), and the image documents nearest its image
+    (the retriever's image tower alone).
+
+    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise; the
+    words of the question find the documents that name the same things, and the image finds pictures like it.
 
     A document is positive when it contains the right choice's text (text documents) and the generator, reading
     it alone, answers right; an image document, which has no text to check, when the generator answers right
@@ -93,23 +114,28 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
     retriever, template = model.retriever, model.config.document_template
     retriever.eval()
     is_image = torch.tensor([doc.get("image") is not None for doc in task.corpus], device=doc_embeddings.device)
+    lexical = lexical_neighbours(task, depth)
     positives = []
     for start in range(0, len(task.examples), batch_size):
         examples = task.examples[start:start + batch_size]
         queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                 [e.image for e in examples]).to(retriever.device)
-        # Near the query (text and image fused), and text documents near its text alone: an untrained tower's
-        # fused neighbours are mostly images, and a text document is what the answer's text can be checked in.
-        near = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices
-        by_text = (retriever.encode_text(queries["input_ids"], queries["attention_mask"]) @ doc_embeddings.T)
-        by_text = by_text.masked_fill(is_image[None], float("-inf")).topk(min(depth, int((~is_image).sum())), dim=-1)
-        ids = torch.cat([near, by_text.indices], dim=-1).tolist()
+        neighbourhoods = [(retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices,
+                          torch.as_tensor(lexical[start:start + batch_size], device=doc_embeddings.device)]
+        if "pixel_values" in queries and is_image.any():
+            by_image = retriever.encode_images(queries["pixel_values"]) @ doc_embeddings.T
+            by_image = by_image.masked_fill(~is_image[None], float("-inf"))
+            by_image = by_image.topk(min(depth, int(is_image.sum())), dim=-1).indices
+            has_image = queries.get("query_image_mask", torch.ones(len(examples), dtype=torch.bool))
+            neighbourhoods.append(torch.where(has_image.to(by_image.device)[:, None], by_image,
+                                              neighbourhoods[0][:, :by_image.shape[1]]))
+        ids = torch.cat(neighbourhoods, dim=-1).tolist()
         answered = None
         if use_generator:
             inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
                                                [task.documents(row) for row in ids],
                                                [e.answer_choices for e in examples], template)
-            scores = model.score_choices(**inputs.to(model.generator.device))  # (batch, depth, choices)
+            scores = model.score_choices(**inputs.to(model.generator.device))  # (batch, candidates, choices)
             answered = (scores.argmax(-1).cpu() == torch.tensor([e.label for e in examples])[:, None]).tolist()
         for b, (example, row) in enumerate(zip(examples, ids)):
             keep = []
@@ -123,18 +149,38 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
     return positives
 
 
+def document_relevance_loss(doc_choice_scores: torch.Tensor, labels: torch.LongTensor,
+                            relevant: torch.Tensor) -> torch.Tensor:
+    """Teach the generator to judge each document it reads: (batch, n_docs, choices) per-document choice scores,
+    (batch,) right choices, (batch, n_docs) bool relevant documents -> a scalar.
+
+    With a relevant document, the right choice (cross-entropy); with an irrelevant one, no choice at all (the
+    cross-entropy to the uniform distribution over the choices). Why: the marginal likelihood alone never asks
+    this. On training questions the retriever ranks the right document first, so the wrong documents get little
+    posterior weight and their choice scores little gradient; the generator then answers each wrong document's
+    colour with confidence, and at test time, where the posterior is less sure, those wrong votes outweigh the right
+    one. A generator that spreads its choice scores evenly over a wrong document leaves the marginal's argmax to
+    the documents that do answer the question, so reading more documents cannot hurt.
+    """
+    log_probs = doc_choice_scores.float().log_softmax(-1)  # (batch, n_docs, choices)
+    answer = -log_probs.gather(-1, labels.to(log_probs.device)[:, None, None].expand(-1, log_probs.shape[1], 1))[..., 0]
+    abstain = -log_probs.mean(-1) - np.log(log_probs.shape[-1])  # 0 for the uniform distribution
+    return torch.where(relevant.to(log_probs.device), answer, abstain).mean()
+
+
 def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs: float = 1, batch_size: int = 8,
                   generator_learning_rate: float = 5e-4, retriever_learning_rate: float = 2e-4,
-                  relevance: list[list[int]] | None = None, retrieval_loss_weight: float = 1.0, seed: int = 0,
-                  log_every: int = 25) -> list[dict]:
+                  relevance: list[list[int]] | None = None, retrieval_loss_weight: float = 1.0,
+                  document_loss_weight: float = 1.0, seed: int = 0, log_every: int = 25) -> list[dict]:
     """Train the generator on the top `n_docs` retrieved documents (wrong ones included) with the marginal
     likelihood, and the retriever's query side through the same loss via `doc_scores` (end to end, as RAG).
 
     The document side is refreshed, not back-propagated: the corpus is re-embedded with the current weights at the
     start of every epoch (the retriever's towers are shared by queries and documents, so training the query side
     moves the documents too), and within an epoch the document embeddings are constants. `relevance` (per
-    question, ids of relevant documents: the gold ones, or pseudo-relevant ones) adds the retriever's InfoNCE over
-    the whole corpus for the questions that have some, weighted by `retrieval_loss_weight`. Returns the log.
+    question, ids of relevant documents: the gold ones, or pseudo-relevant ones) adds, for the questions that have
+    some, the retriever's InfoNCE over the whole corpus (weighted by `retrieval_loss_weight`) and a per-document
+    loss (`document_relevance_loss`, weighted by `document_loss_weight`). Returns the log.
     """
     from modeling.modeling_retriever import ranking_loss
 
@@ -169,7 +215,7 @@ def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs
                                                [e.answer_choices for e in examples], template)
             output = model(**inputs.to(generator.device), doc_scores=doc_scores, labels=labels)
             loss = output.loss
-            retrieval_loss = torch.zeros(())
+            retrieval_loss, document_loss = torch.zeros(()), torch.zeros(())
             if relevance is not None:
                 rows = [b for b, i in enumerate(order[start:start + batch_size]) if relevance[i]]
                 if rows:
@@ -177,7 +223,9 @@ def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs
                     for r, b in enumerate(rows):
                         targets[r, relevance[order[start + b]]] = True
                     retrieval_loss = ranking_loss(all_scores[rows], targets.to(all_scores.device))
-                    loss = loss + retrieval_loss_weight * retrieval_loss
+                    document_loss = document_relevance_loss(output.doc_choice_scores[rows], labels[rows],
+                                                            targets.gather(1, ids[rows].cpu()))
+                    loss = loss + retrieval_loss_weight * retrieval_loss + document_loss_weight * document_loss
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
@@ -185,11 +233,13 @@ def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs
             scheduler.step()
             step += 1
             running.append((float(output.loss.detach()), float(retrieval_loss.detach()),
+                            float(document_loss.detach()),
                             float((output.logits.argmax(-1).cpu() == labels).float().mean())))
             if step % log_every == 0 or step == total_steps:
                 mean = np.mean(running, axis=0)
                 log.append({"step": step, "marginal_loss": round(float(mean[0]), 4),
-                            "retrieval_loss": round(float(mean[1]), 4), "train_accuracy": round(float(mean[2]), 4)})
+                            "retrieval_loss": round(float(mean[1]), 4), "document_loss": round(float(mean[2]), 4),
+                            "train_accuracy": round(float(mean[3]), 4)})
                 print(json.dumps(log[-1]), flush=True)
                 running = []
     model.eval()

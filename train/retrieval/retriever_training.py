@@ -111,7 +111,7 @@ class RetrievalCollator:
                               for name, value in documents.items()}, "labels": labels}
 
 
-def train_retriever(retriever, processor, task: RetrievalTask, output_dir: str, epochs: float = 16,
+def train_retriever(retriever, processor, task: RetrievalTask, output_dir: str, epochs: float = 32,
                     batch_size: int = 64, learning_rate: float = 3e-3, n_negatives: int = 8, augment: bool = True,
                     seed: int = 0) -> None:
     """Fit `retriever` to rank each question's gold documents first among `task.corpus`."""

@@ -54,7 +54,7 @@ class TrainRetrieverGeneratorArguments:
     joint_retriever_learning_rate: float = field(default=2e-4, metadata={"help": "Retriever learning rate, joint."})
     pseudo_relevance_depth: int = field(default=10, metadata={
         "help": "Answers only: nearest documents per question checked for pseudo-relevance."})
-    retriever_epochs: float = field(default=16, metadata={"help": "Retriever training epochs."})
+    retriever_epochs: float = field(default=32, metadata={"help": "Retriever training epochs."})
     retriever_learning_rate: float = field(default=3e-3, metadata={"help": "Retriever learning rate."})
     hard_negatives: int = field(default=8, metadata={"help": "Mined hard negatives per question."})
     loss_type: str = field(default="infonce", metadata={"help": "Retriever ranking loss.",
