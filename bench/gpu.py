@@ -69,6 +69,7 @@ def load_for_training(folder: str, mode: str, device: str):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForImageTextToText
 
+    from modeling.transformers_compat import enable_activation_checkpointing
     from train.common.precision import compute_in
     from train.sigphi.qlora import lora_config, quantization_config
 
@@ -80,7 +81,7 @@ def load_for_training(folder: str, mode: str, device: str):
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         return get_peft_model(model, lora_config())
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.bfloat16, device_map=device_map)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model, {"use_reentrant": False})
     model.enable_input_require_grads()
     model = get_peft_model(model, lora_config())
     compute_in(model, torch.bfloat16)  # nothing to do for a bf16 folder; kept as train.sft does it

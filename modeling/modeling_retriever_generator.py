@@ -213,9 +213,10 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
         if length > 1:  # the choices' other tokens, on copies of each prompt's cache
             cache = output_cache(outputs)
             if cache is None:
-                raise ValueError("The generator returned no KV cache for the prompts (gradient checkpointing in "
-                                 "training mode turns it off): call generator.gradient_checkpointing_disable(), or "
-                                 "score with scoring='pairs'.")
+                raise ValueError("The generator returned no KV cache for the prompts (activation checkpointing in "
+                                 "training mode turns it off): turn it off (generator.activation_checkpointing_"
+                                 "disable(), gradient_checkpointing_disable() before transformers 5.24), or score "
+                                 "with scoring='pairs'.")
             cache.batch_repeat_interleave(num_choices)
             rows = choice_ids.view(batch, 1, num_choices, length).expand(batch, n_docs, num_choices, length)
             rows = rows.reshape(n_rows * num_choices, length)

@@ -1,4 +1,4 @@
-"""The one place that knows how transformers releases differ (supported: 5.17 up to the newest 5.x).
+"""The one place that knows how transformers releases differ (supported: 5.15 up to the newest 5.x).
 
 transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: in every output class
 (`BaseModelOutputWithPast.cache`) and in every model's forward (the old keyword is deprecated, its removal
@@ -6,6 +6,11 @@ announced for 5.40), and `generate` passes it as `cache=`. 5.17–5.23 say `past
 SigPhi's output classes need nothing from here: they subclass transformers' own, which carry whichever field the
 installed release has. The forwards take `cache=` (and the old name, `take_cache`) and hand it on under the
 installed release's name (`CACHE_NAME`), so our own calls raise no deprecation warning on any release.
+
+transformers 5.24 also renamed gradient checkpointing to activation checkpointing (`activation_checkpointing_*`,
+`is_activation_checkpointing`; the old names warn, their removal announced for v6) and 5.15–5.23 know only the old
+names: `enable_activation_checkpointing`, `disable_activation_checkpointing` and `is_activation_checkpointing` ask
+for whichever the model has.
 
 Copied into saved model folders (the modeling files import it relatively): standard library and transformers only.
 """
@@ -37,3 +42,26 @@ def take_cache(cache, kwargs: dict):
 def output_cache(outputs):
     """The KV cache held by a transformers model output (`outputs.cache` from 5.24, `.past_key_values` before)."""
     return getattr(outputs, CACHE_NAME, None)
+
+
+def is_activation_checkpointing(model) -> bool:
+    """Whether `model` recomputes activations in its backward pass (5.24's name, or the older one before it)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def disable_activation_checkpointing(model) -> None:
+    """Turn activation (gradient) checkpointing off, by the installed release's name for it."""
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def enable_activation_checkpointing(model, checkpointing_kwargs: dict | None = None) -> None:
+    """Turn activation (gradient) checkpointing on with `checkpointing_kwargs` (e.g. `{"use_reentrant": False}`)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)

@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from modeling import SigPhiForConditionalGeneration, SigPhiModel
+from modeling.transformers_compat import enable_activation_checkpointing
 from tests.conftest import chat, random_image
 from train.sigphi.tiny import build_tiny_sigphi
 
@@ -176,7 +177,7 @@ def test_gradient_checkpointing_with_frozen_tower_still_trains_lora_adapters():
     model, processor = build_tiny_sigphi(seed=2)
     model.train()
     model.freeze_vision_tower()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    enable_activation_checkpointing(model, {"use_reentrant": True})
     model.enable_input_require_grads()
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=LM_LORA_REGEX))
     assert model.vision_tower.grad_checkpointing
@@ -195,7 +196,7 @@ def test_gradient_checkpointing_of_a_trainable_tower_gives_the_same_gradients():
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     plain = model.vision_tower.blocks[0].attn.qkv.weight.grad.clone()
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     assert torch.allclose(model.vision_tower.blocks[0].attn.qkv.weight.grad, plain, atol=1e-6)
 

@@ -464,6 +464,8 @@ def test_lexical_neighbours_find_the_facts_that_name_the_questions_catalogue(tas
         name = task.examples[i].question.split()[2]  # "In the Kalomi catalogue, ..."
         assert all(f"the {name} catalogue" in task.corpus[doc]["text"] for doc in nearest[i])
         assert task.examples[i].gold_document_ids[0] in nearest[i]
+    archive_rows = [i for i, e in enumerate(task.examples) if "archive" in e.question]
+    assert (nearest[archive_rows] == -1).all()  # no fact shares a word with "sample archive ... drawing"
 
 
 def test_training_from_answers_only(data, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from peft import LoraConfig
 
+from modeling.transformers_compat import disable_activation_checkpointing, is_activation_checkpointing
 from processing import RetrieverGeneratorProcessor
 from train.common.precision import gpu_supports_bf16
 from train.retrieval.task import RetrievalTask
@@ -82,18 +83,23 @@ def pseudo_relevant(document: dict, choices: list[str], label: int) -> bool | No
 
 def lexical_neighbours(task: RetrievalTask, depth: int) -> np.ndarray:
     """(n_examples, depth) ids of the text documents nearest each question by TF-IDF cosine (scikit-learn's
-    `TfidfVectorizer`): the unsupervised retriever pseudo-relevance starts from when the dense one knows nothing yet
-    (rare words such as a catalogue's name carry the weight, as they would for BM25)."""
+    `TfidfVectorizer`, English stop words left out), -1 where fewer documents share a word with the question: the
+    unsupervised retriever pseudo-relevance starts from when the dense one knows nothing yet (rare words such as a
+    catalogue's name carry the weight, as they would for BM25)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     text_ids = np.array([i for i, doc in enumerate(task.corpus) if doc["text"] is not None])
+    nearest = np.full((len(task.examples), depth), -1, dtype=np.int64)
     if not len(text_ids):
-        return np.zeros((len(task.examples), 0), dtype=np.int64)
+        return nearest
     questions = [example.question for example in task.examples]
-    vectorizer = TfidfVectorizer().fit([task.corpus[i]["text"] for i in text_ids] + questions)
-    similarity = (vectorizer.transform(questions) @ vectorizer.transform(
-        [task.corpus[i]["text"] for i in text_ids]).T).toarray()  # (n_examples, n_text_documents)
-    return text_ids[np.argsort(-similarity, axis=1, kind="stable")[:, :depth]]
+    texts = [task.corpus[i]["text"] for i in text_ids]
+    vectorizer = TfidfVectorizer(stop_words="english").fit(texts + questions)
+    similarity = (vectorizer.transform(questions) @ vectorizer.transform(texts).T).toarray()  # (n_examples, n_text)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
+    shares_a_word = np.take_along_axis(similarity, order, axis=1) > 0
+    nearest[:, :order.shape[1]] = np.where(shares_a_word, text_ids[order], -1)
+    return nearest
 
 
 @torch.no_grad()
@@ -120,8 +126,9 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
         examples = task.examples[start:start + batch_size]
         queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                 [e.image for e in examples]).to(retriever.device)
-        neighbourhoods = [(retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices,
-                          torch.as_tensor(lexical[start:start + batch_size], device=doc_embeddings.device)]
+        fused = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices
+        by_words = torch.as_tensor(lexical[start:start + batch_size], device=fused.device)
+        neighbourhoods = [fused, torch.where(by_words >= 0, by_words, fused)]  # no shared word: the fused ones
         if "pixel_values" in queries and is_image.any():
             by_image = retriever.encode_images(queries["pixel_values"]) @ doc_embeddings.T
             by_image = by_image.masked_fill(~is_image[None], float("-inf"))
@@ -185,8 +192,8 @@ def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs
     from modeling.modeling_retriever import ranking_loss
 
     retriever, generator, template = model.retriever, model.generator, model.config.document_template
-    if getattr(generator, "is_gradient_checkpointing", False):  # it turns the KV cache the scoring reuses off
-        generator.gradient_checkpointing_disable()
+    if is_activation_checkpointing(generator):  # it turns the KV cache the scoring reuses off
+        disable_activation_checkpointing(generator)
     generator_params = [p for p in generator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": generator_params, "lr": generator_learning_rate},
                                    {"params": list(retriever.parameters()), "lr": retriever_learning_rate}],
