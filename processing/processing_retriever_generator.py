@@ -151,20 +151,18 @@ class RetrieverGeneratorProcessor:
         """The tokens that follow `prompt` when each choice is the assistant's answer (its text and the end of the
         turn), checked to tokenize the same after the prompt as in the whole conversation."""
         tokenizer = getattr(self.generator_processor, "tokenizer", self.generator_processor)
+        texts = [self.generator_processor.apply_chat_template(messages + [assistant_message(choice)])
+                 for choice in choices]
+        if not all(text.startswith(prompt) for text in texts):
+            raise ValueError("The chat template renders an answer after something other than the generation prompt.")
         prompt_ids = tokenizer(prompt)["input_ids"]
-        token_ids = []
-        for choice in choices:
-            text = self.generator_processor.apply_chat_template(messages + [assistant_message(choice)])
-            if not text.startswith(prompt):
-                raise ValueError("The chat template renders an answer after something other than the generation "
-                                 "prompt.")
-            ids = tokenizer(text[len(prompt):], add_special_tokens=False)["input_ids"]
-            if prompt_ids + ids != tokenizer(text)["input_ids"]:
+        token_ids = tokenizer([text[len(prompt):] for text in texts], add_special_tokens=False)["input_ids"]
+        for choice, ids, whole in zip(choices, token_ids, tokenizer(texts)["input_ids"]):  # one call per list
+            if prompt_ids + ids != whole:
                 raise ValueError("The answer choices change how the prompt is tokenized; end the prompt with a "
                                  "separator.")
             if not ids:
                 raise ValueError(f"The answer choice {choice!r} renders to no tokens.")
-            token_ids.append(ids)
         return token_ids
 
     def marginal_inputs(self, questions: list[str], images: list, documents: list[list[dict | None]],
