@@ -60,11 +60,12 @@ def test_quickstart_retriever_generator_answers_from_retrieved_documents(quickst
     """The bundled task's answers are only in the documents (facts unseen in training): retrieval must carry it."""
     rag = json.loads((quickstart / "metrics.json").read_text())["retriever_generator"]
     assert {"accuracy_with_retrieval", "accuracy_without_retrieval", "retriever_recall_at_1"} <= set(rag)
-    # 0.9 before the tiny retriever's BatchNorm, which mixed query and document statistics, became GroupNorm
-    # (issue 11): recall@1 fell from 0.955 to 0.885 in the quickstart's seeded run; recovering it is open work.
-    assert rag["retriever_recall_at_1"] >= 0.85
-    assert rag["accuracy_with_retrieval"] >= 0.85
-    assert rag["accuracy_with_oracle_documents"] >= 0.9
+    # The seeded run gives recall@1 0.96, top 1 0.96, top 5 (marginalised) 0.97; the bars leave room for the
+    # last digits that thread scheduling changes.
+    assert rag["retriever_recall_at_1"] >= 0.9
+    assert rag["accuracy_top5_retrieved"] >= 0.93
+    assert rag["accuracy_top5_retrieved"] >= rag["accuracy_top1_retrieved"]  # reading more documents never costs
+    assert rag["accuracy_with_oracle_documents"] >= 0.95
     assert abs(rag["accuracy_without_retrieval"] - rag["chance_accuracy"]) <= 0.15
     assert (quickstart / "retriever_generator" / "retriever").is_dir()
     assert (quickstart / "retriever_generator" / "generator").is_dir()
