@@ -81,6 +81,58 @@ def image_augmentation(max_shift: float = 0.1, max_degrees: float = 10.0) -> Cal
                            interpolation=v2.InterpolationMode.BILINEAR)
 
 
+def instance_views() -> Callable:
+    """Two calls give two views of one picture: shifted, rotated and zoomed a little, its colour dropped half of the
+    time and its brightness changed, so that a drawing and a painting of it (another colour, another brightness) look
+    like views of one thing."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([image_augmentation(), v2.RandomGrayscale(p=0.5), v2.ColorJitter(brightness=0.7)])
+
+
+def warm_up_image_tower(retriever, processor, images: list, epochs: float = 30, batch_size: int = 256,
+                        learning_rate: float = 3e-3, temperature: float = 0.1, seed: int = 0) -> list[float]:
+    """A label-free start for the image tower: instance discrimination on the task's own images (SimCLR's loss, as
+    Contriever pretrains a text retriever on its corpus), each image's nearest among the batch's views must be
+    its other view. Returns the loss of each epoch.
+
+    Why: training from the answers alone, an image document has no text to check, so it counts as relevant only when
+    the generator answers right with it, and that needs the retriever to show the generator the right picture first.
+    A tower from random weights seldom does; after this warm-up a question's drawing finds its painted copy among
+    the image documents (the bundled task's archive questions). Only the image tower and its projection train.
+    """
+    from PIL import Image
+
+    from processing.processing_retriever_generator import to_rgb
+
+    views = instance_views()
+    parameters = [*retriever.image_model.parameters(), *retriever.image_projection.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # the views' random transforms
+    images = [to_rgb(image) for image in images if isinstance(image, Image.Image)]
+    losses = []
+    retriever.train()
+    for _ in range(int(np.ceil(epochs))):
+        order, epoch_losses = rng.permutation(len(images)), []
+        for start in range(0, len(order), batch_size):
+            batch = [images[i] for i in order[start:start + batch_size]]
+            first, second = ([{"text": None, "image": views(image)} for image in batch] for _ in range(2))
+            first = retriever.encode_images(processor.process_documents(first)["pixel_values"])
+            second = retriever.encode_images(processor.process_documents(second)["pixel_values"])
+            logits = first @ second.T / temperature  # (batch, batch): view i of one image against all others
+            targets = torch.arange(len(batch))
+            loss = (torch.nn.functional.cross_entropy(logits, targets)
+                    + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            epoch_losses.append(float(loss.detach()))
+        losses.append(float(np.mean(epoch_losses)))
+    retriever.eval()
+    return losses
+
+
 class RetrievalCollator:
     """Batch of example ids -> queries, the union of their gold documents and hard negatives, and labels
     (n_queries, n_documents) marking each query's gold documents.
