@@ -4,7 +4,9 @@ Two stages. `train_generator`: TRL's `SFTTrainer` on one retrieved document per 
 TRL's conversational vision format built by the same `RetrieverGeneratorProcessor.conversation` that builds
 prompts at inference, loss on the answer only). `train_jointly`: the generator reads the top `n_docs` retrieved
 documents, each in its own sequence, and is trained with the marginal likelihood over them (RAG-Sequence), wrong
-documents included, while the retriever's query side is trained through the same loss by way of `doc_scores`.
+documents included, while the retriever's query side is trained through the same loss by way of `doc_scores`,
+and each document read is judged on its own (`document_relevance_loss`: the answer from a relevant document, no
+answer from an irrelevant one).
 `pseudo_relevance_labels` gives the retriever documents to learn from when the data names no gold documents
 (RA-VQA's pseudo-relevance: the document contains the answer, and the generator answers right with it).
 """
@@ -170,7 +172,8 @@ def document_relevance_loss(doc_choice_scores: torch.Tensor, labels: torch.LongT
     the documents that do answer the question, so reading more documents cannot hurt.
     """
     log_probs = doc_choice_scores.float().log_softmax(-1)  # (batch, n_docs, choices)
-    answer = -log_probs.gather(-1, labels.to(log_probs.device)[:, None, None].expand(-1, log_probs.shape[1], 1))[..., 0]
+    right = labels.to(log_probs.device)[:, None, None].expand(-1, log_probs.shape[1], 1)  # (batch, n_docs, 1)
+    answer = -log_probs.gather(-1, right)[..., 0]
     abstain = -log_probs.mean(-1) - np.log(log_probs.shape[-1])  # 0 for the uniform distribution
     return torch.where(relevant.to(log_probs.device), answer, abstain).mean()
 

@@ -4,6 +4,7 @@ Each batch holds its queries, their gold documents and, per query, hard negative
 model ranks highest that are not gold, mined from the whole training corpus at the start of every epoch (as in
 ANCE). Every document of the batch is a candidate for every query, so the in-batch golds of other queries are
 negatives too. The model's own `forward` computes the loss, so the stock `Trainer` needs no subclass.
+`warm_up_image_tower` gives the image tower a label-free start (instance discrimination on the task's images).
 """
 
 import os
