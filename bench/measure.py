@@ -1,5 +1,7 @@
-"""Measurement helpers: timings as medians over repeats, peak memory per run in a fresh process."""
+"""Measurement helpers: timings as medians over repeats, peak memory per run in a fresh process, a block run at a
+chosen number of torch threads."""
 
+import contextlib
 import multiprocessing
 import resource
 import statistics
@@ -12,6 +14,19 @@ def seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch threads, then give back the count it had."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -3,11 +3,10 @@
 import statistics
 
 import numpy as np
-import torch
 from PIL import Image
 from transformers import LlavaProcessor, SiglipImageProcessor, SiglipImageProcessorPil
 
-from bench.measure import seconds
+from bench.measure import seconds, torch_threads
 from processing import SigPhiProcessor
 from train.common.tokenizer import build_byte_level_tokenizer
 
@@ -33,12 +32,8 @@ def run(batch_sizes: tuple[int, ...], repeats: int, size: int = 224, patch: int 
     rng = np.random.RandomState(0)
     images = [Image.fromarray(rng.randint(0, 255, (256, 320, 3), dtype=np.uint8)) for _ in range(max(batch_sizes))]
     results: dict = {"torch_threads": 1}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker; with 2 threads each call's tiny ops wait on each other
-    try:
+    with torch_threads(1):  # as in a DataLoader worker; with 2 threads each call's tiny ops wait on each other
         _measure(results, images, batch_sizes, repeats, size, patch, images_per_sample)
-    finally:
-        torch.set_num_threads(threads)
     results["ratio_sigphi_over_llava"] = {
         backend: {n: results[backend]["sigphi"][n] / results[backend]["llava"][n] for n in batch_sizes}
         for backend in ("fast", "slow")}

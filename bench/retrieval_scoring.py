@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from bench.measure import median_seconds
+from bench.measure import median_seconds, torch_threads
 
 N_DOCS = 5
 N_CHOICES = 4
@@ -98,10 +98,8 @@ def run(n_questions: int = 16, repeats: int = 3) -> dict:
         task = load_retrieval_task(f"{folder}/train.csv", f"{folder}/corpus.jsonl")
         results = {"n_questions": n_questions, "n_docs": N_DOCS, "n_choices": N_CHOICES, "repeats": repeats,
                    "by_threads": {}}
-        default_threads = torch.get_num_threads()
-        try:
-            for threads in THREADS:
-                torch.set_num_threads(threads)
+        for threads in THREADS:
+            with torch_threads(threads):
                 shapes = results["by_threads"][str(threads)] = {}
                 for name, shape in SHAPES.items():
                     model, processor = build(shape, task)
@@ -129,8 +127,6 @@ def run(n_questions: int = 16, repeats: int = 3) -> dict:
                     print(f"retrieval scoring, {threads} thread(s), {name}: {before:.2f} -> {after:.2f} questions/s "
                           f"one at a time ({after / before:.2f}x), {batched:.2f} in batches of 8 "
                           f"({batched / before:.2f}x), max |diff| {difference:.2e}", flush=True)
-        finally:
-            torch.set_num_threads(default_threads)
     return results
 
 

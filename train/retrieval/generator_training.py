@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from peft import LoraConfig
 
+from modeling.modeling_retriever import ranking_loss
 from modeling.transformers_compat import disable_activation_checkpointing, is_activation_checkpointing
 from processing import RetrieverGeneratorProcessor
 from train.common.precision import gpu_supports_bf16
@@ -192,8 +193,6 @@ def train_jointly(model, processor, task: RetrievalTask, n_docs: int = 5, epochs
     some, the retriever's InfoNCE over the whole corpus (weighted by `retrieval_loss_weight`) and a per-document
     loss (`document_relevance_loss`, weighted by `document_loss_weight`). Returns the log.
     """
-    from modeling.modeling_retriever import ranking_loss
-
     retriever, generator, template = model.retriever, model.generator, model.config.document_template
     if is_activation_checkpointing(generator):  # it turns the KV cache the scoring reuses off
         disable_activation_checkpointing(generator)

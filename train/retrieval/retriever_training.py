@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from modeling.modeling_retriever import ranking_loss
 from train.retrieval.task import RetrievalTask
 
 
@@ -91,19 +92,17 @@ def instance_views() -> Callable:
     return v2.Compose([image_augmentation(), v2.RandomGrayscale(p=0.5), v2.ColorJitter(brightness=0.7)])
 
 
-def warm_up_image_tower(retriever, processor, images: list, epochs: float = 30, batch_size: int = 256,
+def warm_up_image_tower(retriever, processor, images: list, epochs: int = 30, batch_size: int = 256,
                         learning_rate: float = 3e-3, temperature: float = 0.1, seed: int = 0) -> list[float]:
     """A label-free start for the image tower: instance discrimination on the task's own images (SimCLR's loss, as
     Contriever pretrains a text retriever on its corpus), each image's nearest among the batch's views must be
-    its other view. Returns the loss of each epoch.
+    its other view. `images` may hold None (questions without one). Returns the loss of each epoch.
 
     Why: training from the answers alone, an image document has no text to check, so it counts as relevant only when
     the generator answers right with it, and that needs the retriever to show the generator the right picture first.
     A tower from random weights seldom does; after this warm-up a question's drawing finds its painted copy among
     the image documents (the bundled task's archive questions). Only the image tower and its projection train.
     """
-    from PIL import Image
-
     from processing.processing_retriever_generator import to_rgb
 
     views = instance_views()
@@ -111,20 +110,18 @@ def warm_up_image_tower(retriever, processor, images: list, epochs: float = 30, 
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the views' random transforms
-    images = [to_rgb(image) for image in images if isinstance(image, Image.Image)]
+    images = [to_rgb(image) for image in images if image is not None]
     losses = []
     retriever.train()
-    for _ in range(int(np.ceil(epochs))):
+    for _ in range(epochs):
         order, epoch_losses = rng.permutation(len(images)), []
         for start in range(0, len(order), batch_size):
             batch = [images[i] for i in order[start:start + batch_size]]
-            first, second = ([{"text": None, "image": views(image)} for image in batch] for _ in range(2))
-            first = retriever.encode_images(processor.process_documents(first)["pixel_values"])
-            second = retriever.encode_images(processor.process_documents(second)["pixel_values"])
+            first, second = (retriever.encode_images(processor.image_processor(
+                [views(image) for image in batch], return_tensors="pt")["pixel_values"]) for _ in range(2))
             logits = first @ second.T / temperature  # (batch, batch): view i of one image against all others
-            targets = torch.arange(len(batch))
-            loss = (torch.nn.functional.cross_entropy(logits, targets)
-                    + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+            same_image = torch.eye(len(batch), dtype=torch.bool)
+            loss = (ranking_loss(logits, same_image) + ranking_loss(logits.T, same_image)) / 2
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -54,7 +54,7 @@ class TrainRetrieverGeneratorArguments:
     joint_retriever_learning_rate: float = field(default=2e-4, metadata={"help": "Retriever learning rate, joint."})
     pseudo_relevance_depth: int = field(default=10, metadata={
         "help": "Answers only: nearest documents per question checked for pseudo-relevance."})
-    image_warm_up_epochs: float = field(default=0, metadata={
+    image_warm_up_epochs: int = field(default=0, metadata={
         "help": "Answers only: epochs of label-free instance discrimination on the task's images before anything "
                 "else (e.g. 30; 0: none), so that a question's picture finds its image documents."})
     retriever_epochs: float = field(default=32, metadata={"help": "Retriever training epochs."})
