@@ -20,13 +20,13 @@ from train.common.cli import run_cli
 from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.retrieval.generator_training import generator_lora_config
-from train.retrieval.generator_training import (document_relevance_loss, generator_rows, lexical_neighbours,
-                                                pseudo_relevant, train_generator)
+from train.retrieval.generator_training import (document_relevance_loss, generator_lora_config, generator_rows,
+                                                train_generator)
 from train.retrieval.models import build_tiny_retriever, load_generator
+from train.retrieval.pseudo_relevance import lexical_neighbours, picture_copies, pseudo_relevant
 from train.retrieval.retriever_training import rank_documents, warm_up_image_tower
 from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
-from train.retrieval.task import load_retrieval_task
+from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi
 
@@ -439,6 +439,51 @@ def test_pseudo_relevance_reads_the_answer_in_text_documents():
     assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is red."}, choices, 1) is False
     assert pseudo_relevant({"text": "Blue or red, nobody knows."}, choices, 1) is False  # names a wrong choice too
     assert pseudo_relevant({"text": None, "image": object()}, choices, 1) is None  # the generator must judge
+
+
+def test_pseudo_relevance_of_a_picture_is_whether_it_is_the_questions_own():
+    choices = ["red", "blue", "green", "pink"]
+    picture = {"text": None, "image": object()}
+    assert pseudo_relevant(picture, choices, 1, is_picture_copy=True) is True
+    assert pseudo_relevant(picture, choices, 1, is_picture_copy=False) is False  # another picture, when a copy exists
+    assert pseudo_relevant({"text": "The digit seven is blue."}, choices, 1, is_picture_copy=False) is True
+    # Array lookups give numpy booleans; the answer must still be a plain one (callers test `is False`).
+    assert pseudo_relevant(picture, choices, 1, is_picture_copy=np.int64(3) == 4) is False
+    assert pseudo_relevant({"text": "The digit seven is blue."}, choices, 1, shares_a_word=np.float64(0) > 0) is False
+
+
+def test_pseudo_relevance_asks_a_text_document_to_speak_of_the_question():
+    """A fact that names the right colour but shares no word with the question is a coincidence, not a source."""
+    choices = ["red", "blue", "green", "pink"]
+    assert pseudo_relevant({"text": "The Kalomi kettle is blue."}, choices, 1, shares_a_word=False) is False
+
+
+class EmbeddingTable:
+    """A stand-in retriever whose image tower is a table: picture name -> embedding."""
+
+    def __init__(self, table: dict[str, list[float]]):
+        self.table = table
+
+    def eval(self):
+        return self
+
+    def embed_documents(self, documents: list[dict], processor) -> np.ndarray:
+        return np.array([self.table[document["image"]] for document in documents], dtype=np.float32)
+
+
+def test_picture_copies_are_mutual_nearest_neighbours():
+    """A question's picture has a copy among the image documents only when the nearest image document picks that
+    picture back among all the questions' pictures; questions without a picture, and pictures whose nearest document
+    is nearer another question's picture, have none."""
+    table = {"drawing a": [1.0, 0.0], "painting of a": [0.96, 0.28], "drawing b": [0.0, 1.0],
+             "painting of b": [0.28, 0.96], "look-alike of a": [0.8, 0.6]}
+    corpus = [{"text": "A fact.", "image": None}, {"text": None, "image": "painting of a"},
+              {"text": None, "image": "painting of b"}]
+    examples = [RetrievalExample("q", image, ["x", "y"], 0, []) for image in
+                ("drawing a", "look-alike of a", "drawing b", None, "drawing a")]
+    # "look-alike of a" is nearest "painting of a" (0.936) too, but that painting is nearer "drawing a" (0.96).
+    copies = picture_copies(EmbeddingTable(table), None, RetrievalTask(examples, corpus))
+    assert copies.tolist() == [1, -1, 2, -1, 1]  # two questions showing one drawing share its copy
 
 
 def test_document_relevance_loss_asks_for_the_answer_from_a_relevant_document_and_no_answer_from_others():

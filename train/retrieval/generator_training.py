@@ -7,8 +7,7 @@ documents, each in its own sequence, and is trained with the marginal likelihood
 documents included, while the retriever's query side is trained through the same loss by way of `doc_scores`,
 and each document read is judged on its own (`document_relevance_loss`: the answer from a relevant document, no
 answer from an irrelevant one).
-`pseudo_relevance_labels` gives the retriever documents to learn from when the data names no gold documents
-(RA-VQA's pseudo-relevance: the document contains the answer, and the generator answers right with it).
+Without gold documents, `train.retrieval.pseudo_relevance` says which documents count as relevant.
 """
 
 import json
@@ -72,91 +71,6 @@ def document_embeddings(retriever, processor, corpus: list[dict]) -> torch.Tenso
     embeddings = torch.from_numpy(retriever.embed_documents(corpus, processor)).to(retriever.device)
     retriever.train(was_training)
     return embeddings
-
-
-def pseudo_relevant(document: dict, choices: list[str], label: int) -> bool | None:
-    """RA-VQA's first test, on the text: True when a text document contains the right choice's text and no other
-    choice's, False when it contains none of the right one's; None for image documents (no text to read)."""
-    if document.get("text") is None:
-        return None
-    text = document["text"].lower()
-    right = choices[label].lower() in text
-    return right and not any(c.lower() in text for i, c in enumerate(choices) if i != label)
-
-
-def lexical_neighbours(task: RetrievalTask, depth: int) -> np.ndarray:
-    """(n_examples, depth) ids of the text documents nearest each question by TF-IDF cosine (scikit-learn's
-    `TfidfVectorizer`, English stop words left out), -1 where fewer documents share a word with the question: the
-    unsupervised retriever pseudo-relevance starts from when the dense one knows nothing yet (rare words such as a
-    catalogue's name carry the weight, as they would for BM25)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    text_ids = np.array([i for i, doc in enumerate(task.corpus) if doc["text"] is not None])
-    nearest = np.full((len(task.examples), depth), -1, dtype=np.int64)
-    if not len(text_ids):
-        return nearest
-    questions = [example.question for example in task.examples]
-    texts = [task.corpus[i]["text"] for i in text_ids]
-    vectorizer = TfidfVectorizer(stop_words="english").fit(texts + questions)
-    similarity = (vectorizer.transform(questions) @ vectorizer.transform(texts).T).toarray()  # (n_examples, n_text)
-    order = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
-    shares_a_word = np.take_along_axis(similarity, order, axis=1) > 0
-    nearest[:, :order.shape[1]] = np.where(shares_a_word, text_ids[order], -1)
-    return nearest
-
-
-@torch.no_grad()
-def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embeddings: torch.Tensor, depth: int = 10,
-                            use_generator: bool = True, batch_size: int = 16) -> list[list[int]]:
-    """Per training question, the ids of its pseudo-relevant documents (RA-VQA) among three neighbourhoods of
-    `depth` documents each: the retriever's nearest (text and image fused, the index's own ranking), the text
-    documents nearest the question's words (`lexical_neighbours`), and the image documents nearest its image
-    (the retriever's image tower alone).
-
-    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise; the
-    words of the question find the documents that name the same things, and the image finds pictures like it.
-
-    A document is positive when it contains the right choice's text (text documents) and the generator, reading
-    it alone, answers right; an image document, which has no text to check, when the generator answers right
-    with it. `use_generator=False` (before the generator has learned anything) keeps the text test alone.
-    """
-    retriever, template = model.retriever, model.config.document_template
-    retriever.eval()
-    is_image = torch.tensor([doc.get("image") is not None for doc in task.corpus], device=doc_embeddings.device)
-    lexical = lexical_neighbours(task, depth)
-    positives = []
-    for start in range(0, len(task.examples), batch_size):
-        examples = task.examples[start:start + batch_size]
-        queries = processor.retriever_processor.process_queries([e.question for e in examples],
-                                                                [e.image for e in examples]).to(retriever.device)
-        fused = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices
-        by_words = torch.as_tensor(lexical[start:start + batch_size], device=fused.device)
-        neighbourhoods = [fused, torch.where(by_words >= 0, by_words, fused)]  # no shared word: the fused ones
-        if "pixel_values" in queries and is_image.any():
-            by_image = retriever.encode_images(queries["pixel_values"]) @ doc_embeddings.T
-            by_image = by_image.masked_fill(~is_image[None], float("-inf"))
-            by_image = by_image.topk(min(depth, int(is_image.sum())), dim=-1).indices
-            has_image = queries.get("query_image_mask", torch.ones(len(examples), dtype=torch.bool))
-            neighbourhoods.append(torch.where(has_image.to(by_image.device)[:, None], by_image,
-                                              neighbourhoods[0][:, :by_image.shape[1]]))
-        ids = torch.cat(neighbourhoods, dim=-1).tolist()
-        answered = None
-        if use_generator:
-            inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
-                                               [task.documents(row) for row in ids],
-                                               [e.answer_choices for e in examples], template)
-            scores = model.score_choices(**inputs.to(model.generator.device))  # (batch, candidates, choices)
-            answered = (scores.argmax(-1).cpu() == torch.tensor([e.label for e in examples])[:, None]).tolist()
-        for b, (example, row) in enumerate(zip(examples, ids)):
-            keep = []
-            for k, doc_id in enumerate(row):
-                by_text = pseudo_relevant(task.corpus[doc_id], example.answer_choices, example.label)
-                by_generator = answered[b][k] if answered is not None else None
-                if by_text is False or by_generator is False or (by_text is None and by_generator is None):
-                    continue
-                keep.append(doc_id)
-            positives.append(list(dict.fromkeys(keep)))
-    return positives
 
 
 def document_relevance_loss(doc_choice_scores: torch.Tensor, labels: torch.LongTensor,
