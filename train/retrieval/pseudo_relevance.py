@@ -94,8 +94,9 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
     nearest the question's words (`lexical_neighbours`), and the image documents nearest its picture (the
     retriever's image tower alone).
 
-    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise; the
-    words of the question find the documents that name the same things, and the picture finds pictures like it.
+    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise (which
+    the tests below keep out); the words of the question find the documents that name the same things, and the
+    picture finds pictures like it.
 
     A document is positive when it holds the answer (`pseudo_relevant`) and the generator, reading it alone,
     answers right; when one of the two cannot judge, the other decides. `use_generator=False` (before the
