@@ -23,7 +23,7 @@ from train.evaluate_retriever_generator import main as evaluate_main
 from train.retrieval.generator_training import (document_embeddings, document_relevance_loss, generator_lora_config,
                                                 generator_rows, train_generator)
 from train.retrieval.models import build_tiny_retriever, load_generator
-from train.retrieval.pseudo_relevance import (lexical_neighbours, picture_copies, pseudo_relevance_labels,
+from train.retrieval.pseudo_relevance import (lexical_neighbours, picture_neighbours, pseudo_relevance_labels,
                                               pseudo_relevant)
 from train.retrieval.retriever_training import rank_documents, warm_up_image_tower
 from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
@@ -483,8 +483,9 @@ def test_picture_copies_are_mutual_nearest_neighbours():
     examples = [RetrievalExample("q", image, ["x", "y"], 0, []) for image in
                 ("drawing a", "look-alike of a", "drawing b", None, "drawing a")]
     # "look-alike of a" is nearest "painting of a" (0.936) too, but that painting is nearer "drawing a" (0.96).
-    copies = picture_copies(EmbeddingTable(table), None, RetrievalTask(examples, corpus))
+    nearest, copies = picture_neighbours(EmbeddingTable(table), None, RetrievalTask(examples, corpus), depth=2)
     assert copies.tolist() == [1, -1, 2, -1, 1]  # two questions showing one drawing share its copy
+    assert nearest.tolist() == [[1, 2], [1, 2], [2, 1], [-1, -1], [1, 2]]  # image documents only, best first
 
 
 def test_document_relevance_loss_asks_for_the_answer_from_a_relevant_document_and_no_answer_from_others():

@@ -3,7 +3,7 @@
 A document is pseudo-relevant when it holds the answer and the generator, reading it alone, answers right. "Holds
 the answer" is read from the document itself: a text document must share a word with the question and contain
 the right choice's text (`pseudo_relevant`); an image document has no text to read, but when the corpus holds a copy of the question's own
-picture (`picture_copies`), that copy is the document about it and the other pictures are not. Candidates come from
+picture (`picture_neighbours`), that copy is the document about it and the other pictures are not. Candidates come from
 three neighbourhoods (`pseudo_relevance_labels`): the retriever's own ranking, the question's words
 (`lexical_neighbours`) and its picture.
 """
@@ -60,11 +60,12 @@ def lexical_neighbours(task: RetrievalTask, depth: int, similarity=None) -> np.n
     return np.where(np.take_along_axis(similarity, order, axis=1) > 0, order, -1)
 
 
-def picture_copies(retriever, processor, task: RetrievalTask) -> np.ndarray:
-    """(n_examples,) id of the image document that shows each question's own picture, -1 where none does (or the
-    question has no picture): the mutual nearest neighbours of the retriever's image tower, the image document
-    nearest the question's picture whose nearest question picture is that one (ties kept: questions may share a
-    picture).
+def picture_neighbours(retriever, processor, task: RetrievalTask, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """By the retriever's image tower, for each question's picture: its `depth` nearest image documents ((n_examples,
+    depth) ids, best first; -1 where the question has no picture or the corpus fewer pictures), and the image
+    document that shows the picture itself ((n_examples,) id, -1 where none does): the mutual nearest neighbour,
+    the image document nearest the picture whose nearest question picture is that one (ties kept: questions may
+    share a picture).
 
     Why mutual: every picture has a nearest image document, copy or not; a copy alone picks the picture back among
     all the questions' pictures. It needs an image tower that already matches a picture to its copies: pretrained
@@ -72,18 +73,21 @@ def picture_copies(retriever, processor, task: RetrievalTask) -> np.ndarray:
     """
     image_ids = np.array([i for i, doc in enumerate(task.corpus) if doc["image"] is not None])
     with_picture = np.array([i for i, example in enumerate(task.examples) if example.image is not None])
+    nearest = np.full((len(task.examples), depth), -1, dtype=np.int64)
     copies = np.full(len(task.examples), -1, dtype=np.int64)
     if not len(image_ids) or not len(with_picture):
-        return copies
+        return nearest, copies
     retriever.eval()
     documents = retriever.embed_documents(task.documents(image_ids.tolist()), processor)  # (n_image_docs, dim)
     pictures = retriever.embed_documents([{"text": None, "image": task.examples[i].image} for i in with_picture],
                                          processor)  # (n_pictures, dim): the questions' pictures, same tower
     similarity = pictures @ documents.T
-    nearest = similarity.argmax(1)
-    picked_back = similarity[np.arange(len(nearest)), nearest] >= similarity.max(0)[nearest] - 1e-6
-    copies[with_picture[picked_back]] = image_ids[nearest[picked_back]]
-    return copies
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
+    nearest[with_picture, :order.shape[1]] = image_ids[order]
+    best = order[:, 0]
+    picked_back = similarity[np.arange(len(best)), best] >= similarity.max(0)[best] - 1e-6
+    copies[with_picture[picked_back]] = image_ids[best[picked_back]]
+    return nearest, copies
 
 
 @torch.no_grad()
@@ -91,11 +95,11 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
                             use_generator: bool = True, batch_size: int = 16) -> list[list[int]]:
     """Per training question, the ids of its pseudo-relevant documents among three neighbourhoods of `depth`
     documents each: the retriever's nearest (text and image fused, the index's own ranking), the text documents
-    nearest the question's words (`lexical_neighbours`), and the image documents nearest its picture (the
-    retriever's image tower alone).
+    nearest the question's words (`lexical_neighbours`), and the image documents nearest its picture
+    (`picture_neighbours`).
 
-    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise (which
-    the tests below keep out); the words of the question find the documents that name the same things, and the
+    Why three: a retriever trained from scratch starts knowing nothing, so its fused neighbours are noise (the
+    holds-the-answer test keeps them out); the words of the question find the documents that name the same things, and the
     picture finds pictures like it.
 
     A document is positive when it holds the answer (`pseudo_relevant`) and the generator, reading it alone,
@@ -103,26 +107,19 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
     generator has learned anything) keeps the first test alone.
     """
     retriever, template = model.retriever, model.config.document_template
-    copies = picture_copies(retriever, processor.retriever_processor, task)
-    is_image = torch.tensor([doc.get("image") is not None for doc in task.corpus], device=doc_embeddings.device)
+    by_image, copies = picture_neighbours(retriever, processor.retriever_processor, task, depth)
     similarity = lexical_similarity(task)
-    lexical = lexical_neighbours(task, depth, similarity)
+    by_words = lexical_neighbours(task, depth, similarity)
+    neighbourhoods = [by_words] + ([by_image] if (by_image >= 0).any() else [])
     positives = []
     for start in range(0, len(task.examples), batch_size):
-        examples = task.examples[start:start + batch_size]
+        examples, rows = task.examples[start:start + batch_size], slice(start, start + batch_size)
         queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                 [e.image for e in examples]).to(retriever.device)
-        fused = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices
-        by_words = torch.as_tensor(lexical[start:start + batch_size], device=fused.device)
-        neighbourhoods = [fused, torch.where(by_words >= 0, by_words, fused)]  # no shared word: the fused ones
-        if "pixel_values" in queries and is_image.any():
-            by_image = retriever.encode_images(queries["pixel_values"]) @ doc_embeddings.T
-            by_image = by_image.masked_fill(~is_image[None], float("-inf"))
-            by_image = by_image.topk(min(depth, int(is_image.sum())), dim=-1).indices
-            has_image = queries.get("query_image_mask", torch.ones(len(examples), dtype=torch.bool))
-            neighbourhoods.append(torch.where(has_image.to(by_image.device)[:, None], by_image,
-                                              neighbourhoods[0][:, :by_image.shape[1]]))
-        ids = torch.cat(neighbourhoods, dim=-1).tolist()
+        fused = (retriever.encode_queries(**queries) @ doc_embeddings.T).topk(depth, dim=-1).indices.cpu().numpy()
+        # Where a neighbourhood has no document (-1), the fused ones stand in: every question of a batch reads as
+        # many candidates, which the generator's batched scoring needs.
+        ids = np.concatenate([fused] + [np.where(n[rows] >= 0, n[rows], fused) for n in neighbourhoods], 1).tolist()
         answered = None
         if use_generator:
             inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
@@ -130,12 +127,13 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, doc_embedding
                                                [e.answer_choices for e in examples], template)
             scores = model.score_choices(**inputs.to(model.generator.device))  # (batch, candidates, choices)
             answered = (scores.argmax(-1).cpu() == torch.tensor([e.label for e in examples])[:, None]).tolist()
+        shares_a_word = similarity[rows].toarray() > 0  # (batch, n_corpus)
         for b, (example, row) in enumerate(zip(examples, ids)):
             copy = copies[start + b]
             keep = []
             for k, doc_id in enumerate(row):
                 holds_answer = pseudo_relevant(task.corpus[doc_id], example.answer_choices, example.label,
-                                               similarity[start + b, doc_id] > 0, None if copy < 0 else doc_id == copy)
+                                               shares_a_word[b, doc_id], None if copy < 0 else doc_id == copy)
                 by_generator = answered[b][k] if answered is not None else None
                 if holds_answer is False or by_generator is False or (holds_answer is None and by_generator is None):
                     continue

@@ -98,10 +98,11 @@ def warm_up_image_tower(retriever, processor, images: list, epochs: int = 30, ba
     Contriever pretrains a text retriever on its corpus), each image's nearest among the batch's views must be
     its other view. `images` may hold None (questions without one). Returns the loss of each epoch.
 
-    Why: training from the answers alone, an image document has no text to check, so it counts as relevant only when
-    the generator answers right with it, and that needs the retriever to show the generator the right picture first.
-    A tower from random weights seldom does; after this warm-up a question's drawing finds its painted copy among
-    the image documents (the bundled task's archive questions). Only the image tower and its projection train.
+    Why: training from the answers alone, an image document has no text to check; it holds the answer when it is a
+    copy of the question's own picture (`train.retrieval.pseudo_relevance.picture_neighbours`), and finding copies
+    needs a tower that matches pictures. A tower from random weights does not; after this warm-up a question's
+    drawing finds its painted copy among the image documents (the bundled task's archive questions). Only the image
+    tower and its projection train.
     """
     from processing.processing_retriever_generator import to_rgb
 
