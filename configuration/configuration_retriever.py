@@ -1,10 +1,13 @@
 """Configuration of the multimodal retriever: a dual encoder that puts queries (image + question) and documents
-(texts or images) in one embedding space.
+(texts, images, or images with their text) in one embedding space.
 
-Like SigLIP, it has a text tower (a transformers text encoder, described by a sub-config so any encoder with a
-config class works: SigLIP's text model for real use, a 2-layer one for tiny models) and an image tower (a timm
-model, stored as its name and keyword arguments so it rebuilds without downloads: a SigLIP ViT for real use, a
-small CNN for tiny models). Both towers serve queries and documents alike.
+Its towers come one of two ways:
+- a published transformers dual encoder, as it is (`dual_encoder_config`: `SiglipModel`, `Siglip2Model`,
+  `CLIPModel` or any model with `get_text_features` and `get_image_features` in one space);
+- a text tower (a transformers text encoder described by `text_config`) beside an image tower (a timm model, stored
+  as its name and keyword arguments so it rebuilds without downloads), each with a projection into the shared
+  space: how the tiny preset builds its small from-scratch towers (a 2-layer text encoder, a small CNN).
+Both towers serve queries and documents alike.
 """
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -23,6 +26,9 @@ class MultimodalRetrieverConfig(PreTrainedConfig):
     Configuration of [`MultimodalRetrieverModel`].
 
     Args:
+        dual_encoder_config (`PreTrainedConfig` or `dict`, *optional*): a published dual encoder (`siglip`,
+            `siglip2`, `clip`, ...) whose own towers and projections embed texts and images; the tower arguments
+            below are then unused.
         text_config (`PreTrainedConfig` or `dict`): the text encoder (default: SigLIP's, `siglip_text_model`).
         image_model_name (`str`): timm architecture of the image tower, e.g. `"vit_so400m_patch14_siglip_384"`.
         image_model_kwargs (`dict`): extra `timm.create_model` arguments rebuilding the exact architecture;
@@ -39,8 +45,9 @@ class MultimodalRetrieverConfig(PreTrainedConfig):
     """
 
     model_type = "multimodal_retriever"
-    sub_configs = {"text_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig, "dual_encoder_config": AutoConfig}
 
+    dual_encoder_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     image_model_name: str = "vit_so400m_patch14_siglip_384"
     image_model_kwargs: dict | None = None
@@ -60,8 +67,20 @@ class MultimodalRetrieverConfig(PreTrainedConfig):
             raise ValueError(f"loss_type must be one of {RETRIEVAL_LOSSES}, got {self.loss_type!r}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
-        self.text_config = resolve_sub_config(self.text_config, "siglip_text_model", **SIGLIP_SO400M_TEXT)
+        if self.dual_encoder_config is not None:
+            self.dual_encoder_config = resolve_sub_config(self.dual_encoder_config, "siglip")
+            self.projection_dim = dual_encoder_width(self.dual_encoder_config)
+        else:
+            self.text_config = resolve_sub_config(self.text_config, "siglip_text_model", **SIGLIP_SO400M_TEXT)
         super().__post_init__(**kwargs)
+
+
+def dual_encoder_width(config: PreTrainedConfig) -> int:
+    """The width of a dual encoder's shared space: CLIP's `projection_dim`, SigLIP's text `projection_size`."""
+    if getattr(config, "projection_dim", None):
+        return config.projection_dim
+    text_config = config.get_text_config()
+    return getattr(text_config, "projection_size", None) or text_config.hidden_size
 
 
 __all__ = ["MultimodalRetrieverConfig"]

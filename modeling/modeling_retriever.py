@@ -1,13 +1,17 @@
-"""A multimodal dual-encoder retriever: queries are an image plus a question, documents are texts or images.
+"""A multimodal dual-encoder retriever: queries are an image plus a question, documents are texts, images, or images
+with their text (a picture and its article), all in one L2-normalised space, as SigLIP and CLIP put them.
 
-One text tower (a transformers encoder) embeds both questions and text documents, one image tower (timm) embeds
-both query images and image documents, and linear projections put both in one L2-normalised space, as SigLIP
-does. A query's text and image embeddings are fused by `QueryFusion` (their normalised sum plus a learned, gated
-correction), because a question like "in the Kalomi catalogue, what colour is this digit?" is answered by a
-document that names both the catalogue (text) and the digit (image).
+The towers are a published dual encoder as it is (`SiglipModel`, `Siglip2Model`, `CLIPModel`: its own towers and
+projections, `from_dual_encoder`), or a transformers text encoder beside a timm image tower with a linear projection
+each (the tiny preset's from-scratch towers). A query's text and image embeddings are fused by `ModalityFusion`
+(their normalised sum plus a learned, gated correction), because a question like "in the Kalomi catalogue, what
+colour is this digit?" is answered by a document that names both the catalogue (text) and the digit (image); a
+document's picture and text are fused the same way by a second one.
 
-Training ranks each query's gold documents above the other candidates of the batch (in-batch negatives plus
-hard negatives the caller mined from the corpus): InfoNCE by default, SigLIP's sigmoid loss as an option.
+A passage longer than the text tower's context is embedded as several chunks (`MultimodalRetrieverProcessor` cuts
+them); a document scores as its best chunk (`max_per_document`), so retrieval, training and recall count documents.
+Training ranks each query's gold documents above the other candidates of the batch (in-batch negatives plus hard
+negatives the caller mined from the corpus): InfoNCE by default, SigLIP's sigmoid loss as an option.
 The trained model carries a `DocumentIndex` (FAISS) of its corpus, saved beside the weights.
 """
 
@@ -27,6 +31,7 @@ from configuration.configuration_retriever import MultimodalRetrieverConfig
 
 from .document_index import DocumentIndex
 from .self_contained_saving import SelfContainedSaveMixin
+from .transformers_compat import pooled_features
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
 # Text towers that `AutoModel` does not build from their config alone (it maps SigLIP's text config to nothing).
@@ -45,13 +50,14 @@ class MultimodalRetrieverOutput(ModelOutput):
     """Embeddings (L2-normalised, `projection_dim` wide), query-document logits and the ranking loss."""
 
     loss: torch.Tensor | None = None
-    logits_per_query: torch.Tensor | None = None  # (n_queries, n_documents)
+    logits_per_query: torch.Tensor | None = None  # (n_queries, n_documents): each document's best chunk
     query_embeds: torch.Tensor | None = None  # (n_queries, projection_dim)
-    document_embeds: torch.Tensor | None = None  # (n_documents, projection_dim)
+    document_embeds: torch.Tensor | None = None  # (n_chunks, projection_dim)
 
 
-class QueryFusion(nn.Module):
-    """Fuses a query's text and image embeddings: normalise(text + image + gate * MLP([text; image])).
+class ModalityFusion(nn.Module):
+    """Fuses a text and an image embedding of one thing: normalise(text + image + gate * MLP([text; image])), with
+    the missing modality left out.
 
     The gate starts at zero, so training starts from the normalised sum (which already retrieves documents that
     mention both what the text and what the image says) and learns interactions on top of it.
@@ -62,11 +68,12 @@ class QueryFusion(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
-        """(n, dim) text and image embeddings, (n,) bool: queries without an image use their text alone."""
-        has_image = has_image.to(text_embeds.dtype)[:, None]
-        image_embeds = image_embeds * has_image
-        interaction = self.mlp(torch.cat([text_embeds, image_embeds], dim=-1)) * has_image
+    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor, has_text: torch.Tensor,
+                has_image: torch.Tensor) -> torch.Tensor:
+        """(n, dim) text and image embeddings (zeros where missing), (n,) bool masks -> (n, dim)."""
+        has_text, has_image = has_text.to(text_embeds.dtype)[:, None], has_image.to(text_embeds.dtype)[:, None]
+        text_embeds, image_embeds = text_embeds * has_text, image_embeds * has_image
+        interaction = self.mlp(torch.cat([text_embeds, image_embeds], dim=-1)) * has_text * has_image
         return F.normalize(text_embeds + image_embeds + self.gate * interaction, dim=-1)
 
 
@@ -83,6 +90,16 @@ def ranking_loss(logits: torch.Tensor, labels: torch.Tensor, loss_type: str = "i
     return (torch.logsumexp(logits, dim=-1) - torch.logsumexp(positives, dim=-1)).mean()
 
 
+def max_per_document(chunk_logits: torch.Tensor, chunk_document_ids: torch.LongTensor,
+                     n_documents: int | None = None) -> torch.Tensor:
+    """(n_queries, n_chunks) scores and (n_chunks,) each chunk's document -> (n_queries, n_documents): a document
+    scores as its best chunk (MaxP), so a long passage is found by the part that answers."""
+    chunk_document_ids = chunk_document_ids.to(chunk_logits.device)
+    n_documents = int(chunk_document_ids.max()) + 1 if n_documents is None else n_documents
+    scores = chunk_logits.new_full((chunk_logits.shape[0], n_documents), float("-inf"))
+    return scores.scatter_reduce(1, chunk_document_ids.expand_as(chunk_logits), chunk_logits, "amax")
+
+
 class MultimodalRetrieverPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
     config_class = MultimodalRetrieverConfig
     config: MultimodalRetrieverConfig
@@ -90,32 +107,41 @@ class MultimodalRetrieverPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     extra_auto_classes = {"AutoModel": "MultimodalRetrieverModel"}
+    # The ranking loss is a mean over the batch's queries: `Trainer` must not pass token counts into `forward`, whose
+    # extra keywords are image inputs.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise this file's parameters only: the timm tower keeps timm's initialisation, the text tower its own,
-        the fusion MLP PyTorch's."""
+        """Initialise this file's parameters only: the towers keep their own initialisation, the fusion MLPs
+        PyTorch's."""
         if isinstance(module, MultimodalRetrieverModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init)
             init.constant_(module.logit_bias, self.config.logit_bias_init)
-        elif isinstance(module, QueryFusion):
+        elif isinstance(module, ModalityFusion):
             init.zeros_(module.gate)
-        elif isinstance(module, nn.Linear) and module in (self.text_projection, self.image_projection):
+        elif isinstance(module, nn.Linear) and module in (getattr(self, "text_projection", None),
+                                                          getattr(self, "image_projection", None)):
             init.normal_(module.weight, std=module.in_features ** -0.5)
             init.zeros_(module.bias)
 
 
 class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
-    """Embeds queries (question + optional image) and documents (text or image) in one space and ranks them."""
+    """Embeds queries (question + optional image) and documents (text, image or both) in one space and ranks them."""
 
     def __init__(self, config: MultimodalRetrieverConfig):
         super().__init__(config)
-        self.text_model = build_text_tower(config.text_config)
-        self.image_model = timm.create_model(config.image_model_name, pretrained=False, **config.image_model_kwargs)
-        text_width = (config.text_config.hidden_size if config.text_pooling == "mean"
-                      else getattr(config.text_config, "projection_size", config.text_config.hidden_size))
-        self.text_projection = nn.Linear(text_width, config.projection_dim)
-        self.image_projection = nn.Linear(self.image_model.num_features, config.projection_dim)
-        self.query_fusion = QueryFusion(config.projection_dim)
+        if config.dual_encoder_config is not None:
+            self.dual_encoder = AutoModel.from_config(config.dual_encoder_config)
+        else:
+            self.text_model = build_text_tower(config.text_config)
+            self.image_model = timm.create_model(config.image_model_name, pretrained=False,
+                                                 **config.image_model_kwargs)
+            text_width = (config.text_config.hidden_size if config.text_pooling == "mean"
+                          else getattr(config.text_config, "projection_size", config.text_config.hidden_size))
+            self.text_projection = nn.Linear(text_width, config.projection_dim)
+            self.image_projection = nn.Linear(self.image_model.num_features, config.projection_dim)
+        self.query_fusion = ModalityFusion(config.projection_dim)
+        self.document_fusion = ModalityFusion(config.projection_dim)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
         self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init))
         self._document_index: DocumentIndex | None = None
@@ -123,55 +149,42 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained_components(cls, image_model: str = "vit_so400m_patch14_siglip_384.webli",
-                                   text_model: str = "google/siglip-so400m-patch14-384",
-                                   image_model_kwargs: dict | None = None) -> "MultimodalRetrieverModel":
-        """A retriever made of pretrained SigLIP towers (build its processor with
-        `MultimodalRetrieverProcessor.from_retriever_config(tokenizer, model.config, pad_to_max_length=True)`).
+    def from_dual_encoder(cls, pretrained_model_name_or_path: str, **kwargs) -> "MultimodalRetrieverModel":
+        """A retriever made of a published dual encoder as it is (`SiglipModel`, `Siglip2Model`, `CLIPModel`: a Hub id
+        or a folder), whose texts and images already share one space, so it ranks before any fine-tuning. Its
+        processor: `MultimodalRetrieverProcessor.from_dual_encoder(same path)`.
 
-        The image tower is timm's (its attention-pooled output), the text tower that of a transformers SigLIP
-        checkpoint (its pooled output). SigLIP trained both into one space, so the projections start as the
-        identity and the logit scale comes from the checkpoint: the retriever ranks before any fine-tuning.
-        The skeleton is built on the `meta` device, so memory holds each pretrained weight once.
-
-        Args:
-            image_model: timm name with pretrained weights.
-            text_model: Hub id or folder of a SigLIP checkpoint (`SiglipModel`) or of its text model.
-            image_model_kwargs: extra `timm.create_model` arguments (`pretrained_cfg_overlay=dict(file=...)` loads
-                the weights from a local file).
+        The skeleton is built on the `meta` device, so memory holds each pretrained weight once; the learned logit
+        scale (and SigLIP's bias) start from the checkpoint's. `kwargs` go to `AutoModel.from_pretrained`.
         """
-        image_model_kwargs = dict(image_model_kwargs or {})
-        image_tower = timm.create_model(image_model, pretrained=True, num_classes=0, **image_model_kwargs)
-        siglip = AutoModel.from_pretrained(text_model)
-        text_tower = getattr(siglip, "text_model", siglip)
-        width = text_tower.config.projection_size
-        if image_tower.num_features != width:
-            raise ValueError(f"{image_model} embeds images in {image_tower.num_features} dimensions but {text_model} "
-                             f"embeds texts in {width}: they are not one SigLIP space.")
-        data_config = timm.data.resolve_model_data_config(image_tower)
+        dual_encoder = AutoModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not (hasattr(dual_encoder, "get_text_features") and hasattr(dual_encoder, "get_image_features")):
+            raise ValueError(f"{pretrained_model_name_or_path} ({type(dual_encoder).__name__}) is not a dual encoder: "
+                             "it has no get_text_features and get_image_features.")
+        scale, bias = (getattr(dual_encoder, name, None) for name in ("logit_scale", "logit_bias"))
         config = MultimodalRetrieverConfig(
-            text_config=text_tower.config, image_model_name=image_model,
-            image_model_kwargs={k: v for k, v in image_model_kwargs.items() if k != "pretrained_cfg_overlay"},
-            image_size=image_model_kwargs.get("img_size", data_config["input_size"][-1]),
-            image_mean=data_config["mean"], image_std=data_config["std"], projection_dim=width, text_pooling="pooler",
-            logit_scale_init=float(getattr(siglip, "logit_scale", torch.tensor(2.6592))))
+            dual_encoder_config=dual_encoder.config,
+            logit_scale_init=float(scale) if scale is not None else MultimodalRetrieverConfig.logit_scale_init,
+            logit_bias_init=float(bias) if bias is not None else MultimodalRetrieverConfig.logit_bias_init)
         with torch.device("meta"):
             model = cls(config)
-        model.text_model, model.image_model = text_tower, image_tower
-        model.text_projection, model.image_projection = nn.Linear(width, width), nn.Linear(width, width)
-        for projection in (model.text_projection, model.image_projection):
-            nn.init.eye_(projection.weight)
-            nn.init.zeros_(projection.bias)
-        model.query_fusion = QueryFusion(width)
+        model.dual_encoder = dual_encoder
+        width = config.projection_dim
+        model.query_fusion, model.document_fusion = ModalityFusion(width), ModalityFusion(width)
         model.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
         model.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init))
         return model
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
+        return (self.dual_encoder if self.config.dual_encoder_config is not None
+                else self.text_model).get_input_embeddings()
 
     def encode_text(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(n, seq) token ids -> (n, projection_dim) normalised embeddings."""
+        if self.config.dual_encoder_config is not None:
+            features = pooled_features(self.dual_encoder.get_text_features(input_ids=input_ids,
+                                                                           attention_mask=attention_mask))
+            return F.normalize(features, dim=-1)
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
         if self.config.text_pooling == "mean":
             mask = attention_mask[..., None].to(outputs.last_hidden_state.dtype)
@@ -180,56 +193,56 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
             features = outputs.pooler_output
         return F.normalize(self.text_projection(features), dim=-1)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(n, 3, H, W) -> (n, projection_dim) normalised embeddings."""
+    def encode_images(self, pixel_values: torch.Tensor, **image_kwargs) -> torch.Tensor:
+        """(n, 3, H, W) (and whatever else the image processor gave, e.g. SigLIP 2's `pixel_attention_mask`,
+        `spatial_shapes`) -> (n, projection_dim) normalised embeddings."""
+        if self.config.dual_encoder_config is not None:
+            pixel_values = pixel_values.to(self.dual_encoder.dtype)
+            return F.normalize(pooled_features(self.dual_encoder.get_image_features(pixel_values=pixel_values,
+                                                                                    **image_kwargs)), dim=-1)
         features = self.image_model(pixel_values.to(self.image_projection.weight.dtype))
         return F.normalize(self.image_projection(features), dim=-1)
 
     def encode_queries(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor | None = None,
-                       query_image_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       pixel_values: torch.Tensor | None = None, query_image_mask: torch.Tensor | None = None,
+                       **image_kwargs) -> torch.Tensor:
         """Questions (n, seq) with one image each (n, 3, H, W) -> (n, projection_dim).
 
         `query_image_mask` (n,) is False for queries whose image slot is a blank filler (no image given).
         """
-        image_embeds = self.encode_images(pixel_values) if pixel_values is not None else None
-        return self._fuse_queries(self.encode_text(input_ids, attention_mask), image_embeds, query_image_mask)
-
-    def encode_documents(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                         pixel_values: torch.Tensor | None = None,
-                         document_is_image: torch.Tensor | None = None) -> torch.Tensor:
-        """Text documents (n_text, seq) and image documents (n_image, 3, H, W) -> (n_docs, projection_dim).
-
-        `document_is_image` (n_docs,) bool gives the order: text rows fill its False places in order, images
-        its True places. Without it, the documents are all of the one kind given.
-        """
-        text_embeds = self.encode_text(input_ids, attention_mask) if input_ids is not None else None
-        image_embeds = self.encode_images(pixel_values) if pixel_values is not None else None
-        return self._place_documents(text_embeds, image_embeds, document_is_image)
-
-    def _fuse_queries(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor | None,
-                      query_image_mask: torch.Tensor | None) -> torch.Tensor:
-        if image_embeds is None:
+        text_embeds = self.encode_text(input_ids, attention_mask)
+        if pixel_values is None:
             return text_embeds
         if query_image_mask is None:
-            query_image_mask = torch.ones(len(text_embeds), dtype=torch.bool, device=text_embeds.device)
-        return self.query_fusion(text_embeds, image_embeds, query_image_mask.to(text_embeds.device))
+            query_image_mask = torch.ones(len(text_embeds), dtype=torch.bool)
+        has_text = torch.ones(len(text_embeds), dtype=torch.bool, device=text_embeds.device)
+        return self.query_fusion(text_embeds, self.encode_images(pixel_values, **image_kwargs), has_text,
+                                 query_image_mask.to(text_embeds.device))
 
-    def _place_documents(self, text_embeds: torch.Tensor | None, image_embeds: torch.Tensor | None,
-                         document_is_image: torch.Tensor | None) -> torch.Tensor:
-        if document_is_image is None:  # documents of one kind
-            only_kind = text_embeds if text_embeds is not None else image_embeds
-            document_is_image = torch.full((len(only_kind),), text_embeds is None, dtype=torch.bool)
-        document_is_image = document_is_image.to(self.logit_scale.device)
-        embeds = self.logit_scale.new_zeros(len(document_is_image), self.config.projection_dim)
-        if text_embeds is not None:
-            embeds[~document_is_image] = text_embeds
-        if image_embeds is not None:
-            embeds[document_is_image] = image_embeds
+    def encode_documents(self, chunk_text_ids: torch.LongTensor, chunk_image_ids: torch.LongTensor,
+                         input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                         pixel_values: torch.Tensor | None = None, chunk_document_ids: torch.LongTensor | None = None,
+                         **image_kwargs) -> torch.Tensor:
+        """Document chunks, as `MultimodalRetrieverProcessor.process_documents` lays them out, -> (n_chunks,
+        projection_dim): chunk `c` is text row `chunk_text_ids[c]` and/or image `chunk_image_ids[c]` (-1: none),
+        fused when it has both (a picture with a chunk of its article)."""
+        device = self.logit_scale.device
+        chunk_text_ids, chunk_image_ids = chunk_text_ids.to(device), chunk_image_ids.to(device)
+        text_embeds = image_embeds = self.logit_scale.new_zeros(len(chunk_text_ids), self.config.projection_dim)
+        if input_ids is not None:
+            text_embeds = self.encode_text(input_ids, attention_mask)[chunk_text_ids.clamp(min=0)]
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values, **image_kwargs)[chunk_image_ids.clamp(min=0)]
+        has_text, has_image = chunk_text_ids >= 0, chunk_image_ids >= 0
+        both = has_text & has_image
+        embeds = torch.where(has_text[:, None], text_embeds, image_embeds)
+        if both.any():
+            embeds = torch.where(both[:, None], self.document_fusion(text_embeds, image_embeds, has_text, has_image),
+                                 embeds)
         return embeds
 
     def score(self, query_embeds: torch.Tensor, document_embeds: torch.Tensor) -> torch.Tensor:
-        """(n_queries, dim) x (n_docs, dim) -> (n_queries, n_docs) logits: scaled cosine (+ bias for sigmoid)."""
+        """(n_queries, dim) x (n_chunks, dim) -> (n_queries, n_chunks) logits: scaled cosine (+ bias for sigmoid)."""
         logits = query_embeds @ document_embeds.T * self.logit_scale.exp()
         return logits + self.logit_bias if self.config.loss_type == "sigmoid" else logits
 
@@ -239,35 +252,23 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         query_image_mask: torch.Tensor | None = None,
-        document_input_ids: torch.LongTensor | None = None,
-        document_attention_mask: torch.Tensor | None = None,
-        document_pixel_values: torch.Tensor | None = None,
-        document_is_image: torch.Tensor | None = None,
+        documents: dict | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **image_kwargs,
     ) -> MultimodalRetrieverOutput:
         r"""
-        Query inputs as `encode_queries` takes them, document inputs (prefixed `document_`) as `encode_documents`
-        takes them. Query and document images go through the image tower in one batch; use a tower whose
-        normalisation works per image (ViT LayerNorm, GroupNorm: the tiny preset's ResNet uses `groupnorm1`), since
-        BatchNorm in training mode would mix the statistics of the queries and the documents they are compared with.
+        Query inputs as `encode_queries` takes them; `documents` as `MultimodalRetrieverProcessor.process_documents`
+        returns them (a mapping: chunks, their documents, tokens and pixels).
 
         labels (`torch.BoolTensor` of shape `(n_queries, n_documents)`, *optional*):
-            True where a document is relevant to a query; every other document of the batch is a negative.
+            True where a document is relevant to a query; every other document of the batch is a negative. A
+            document's logit is its best chunk's.
         """
-        images = [p for p in (pixel_values, document_pixel_values) if p is not None]
-        image_embeds = self.encode_images(torch.cat(images)) if images else None
-        n_query_images = len(pixel_values) if pixel_values is not None else 0
-        query_embeds = self._fuse_queries(self.encode_text(input_ids, attention_mask),
-                                          image_embeds[:n_query_images] if pixel_values is not None else None,
-                                          query_image_mask)
+        query_embeds = self.encode_queries(input_ids, attention_mask, pixel_values, query_image_mask, **image_kwargs)
         document_embeds = logits = loss = None
-        if document_input_ids is not None or document_pixel_values is not None:
-            text_embeds = (self.encode_text(document_input_ids, document_attention_mask)
-                           if document_input_ids is not None else None)
-            document_image_embeds = image_embeds[n_query_images:] if document_pixel_values is not None else None
-            document_embeds = self._place_documents(text_embeds, document_image_embeds, document_is_image)
-            logits = self.score(query_embeds, document_embeds)
+        if documents is not None:
+            document_embeds = self.encode_documents(**documents)
+            logits = max_per_document(self.score(query_embeds, document_embeds), documents["chunk_document_ids"])
             if labels is not None:
                 loss = ranking_loss(logits, labels, self.config.loss_type)
         return MultimodalRetrieverOutput(loss=loss, logits_per_query=logits, query_embeds=query_embeds,
@@ -287,26 +288,44 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         return torch.cat(chunks).float().cpu().numpy()
 
     @torch.no_grad()
-    def embed_documents(self, documents: list[dict], processor, batch_size: int = 256) -> np.ndarray:
-        """(n_docs, projection_dim) float32 embeddings of `{"text", "image"}` documents, made with a
-        `MultimodalRetrieverProcessor`, in batches."""
-        chunks = []
-        for start in range(0, len(documents), batch_size):
+    def embed_documents(self, documents: list[dict], processor, batch_size: int = 256,
+                        progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of `{"text", "image"}` documents, made with a `MultimodalRetrieverProcessor` in batches:
+        ((n_chunks, projection_dim) float32 chunk embeddings, (n_chunks,) each chunk's document id)."""
+        from tqdm.auto import tqdm
+
+        embeddings, document_ids = [], []
+        starts = range(0, len(documents), batch_size)
+        for start in tqdm(starts, desc="embedding documents", unit="batch",
+                          disable=len(starts) < 4 if progress is None else not progress):
             inputs = processor.process_documents(documents[start:start + batch_size])
-            chunks.append(self.encode_documents(**inputs.to(self.device)))
-        return torch.cat(chunks).float().cpu().numpy()
+            document_ids.append(inputs["chunk_document_ids"].numpy() + start)
+            embeddings.append(self.encode_documents(**inputs.to(self.device)).float().cpu().numpy())
+        if not embeddings:
+            return np.zeros((0, self.config.projection_dim), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(embeddings), np.concatenate(document_ids)
 
     def build_document_index(self, documents: list[dict], processor, factory: str = "Flat",
-                             search_parameters: str | None = None, batch_size: int = 256) -> DocumentIndex:
-        """Embed `documents` with the current weights and make them the corpus `retrieve` searches.
+                             search_parameters: str | None = None, batch_size: int = 256,
+                             name: str = "corpus") -> DocumentIndex:
+        """Embed `documents` with the current weights and make them the corpus `retrieve` searches, under `name`
+        (what predictions say they searched).
 
         Call it again with another corpus to retrieve from that one: nothing is retrained. `factory` and
         `search_parameters` choose the FAISS index (see `DocumentIndex`).
         """
-        index = DocumentIndex.build(documents, self.embed_documents(documents, processor, batch_size), factory,
-                                    search_parameters)
+        index = DocumentIndex.build(documents, *self.embed_documents(documents, processor, batch_size), factory,
+                                    search_parameters, name=name)
         self.set_document_index(index)
         return index
+
+    def add_to_document_index(self, documents: list[dict], processor, batch_size: int = 256,
+                              name: str | None = None) -> DocumentIndex:
+        """Embed `documents` and append them to the current index (their ids follow the indexed ones)."""
+        if self.document_index is None:
+            return self.build_document_index(documents, processor, batch_size=batch_size, name=name or "corpus")
+        self.document_index.add(documents, *self.embed_documents(documents, processor, batch_size), name=name)
+        return self.document_index
 
     def set_document_index(self, index: DocumentIndex | None) -> None:
         self._document_index, self._document_index_loader = index, None
@@ -320,7 +339,7 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
 
     def retrieve(self, query_embeds: np.ndarray, k: int) -> tuple[torch.Tensor, torch.LongTensor]:
         """(scores, document ids), each (n_queries, k), best first, of the indexed documents nearest each query
-        (`query_embeds` as `embed_queries` returns them)."""
+        (`query_embeds` as `embed_queries` returns them); a document scores as its best chunk."""
         if self.document_index is None:
             raise ValueError("This retriever has no document index: call build_document_index(documents, processor).")
         scores, ids = self.document_index.search(query_embeds, k)
@@ -348,4 +367,5 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         return model
 
 
-__all__ = ["MultimodalRetrieverModel", "MultimodalRetrieverPreTrainedModel", "QueryFusion", "ranking_loss"]
+__all__ = ["ModalityFusion", "MultimodalRetrieverModel", "MultimodalRetrieverPreTrainedModel", "max_per_document",
+           "ranking_loss"]

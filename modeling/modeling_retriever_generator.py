@@ -112,6 +112,7 @@ class MultipleChoicePrediction:
     doc_choice_scores: torch.Tensor | None = None  # (n_docs, num_choices)
     doc_posterior: torch.Tensor | None = None  # (n_docs,)
     doc_scores: torch.Tensor | None = None  # (n_docs,)
+    corpus: str = "the documents given"  # where the documents came from: the index searched, "name (n documents)"
 
 
 class RetrieverGeneratorPreTrainedModel(SelfContainedSaveMixin, PreTrainedModel):
@@ -356,13 +357,25 @@ class RetrieverGeneratorForMultipleChoice(RetrieverGeneratorPreTrainedModel):
                 scoring: str = "cached") -> MultipleChoicePrediction:
         """Answer one question: from `documents` if given (`[]` for none; weighted by `doc_scores` if given, else
         alike), else from the top `n_docs` retrieved, weighted by the retriever's scores."""
+        corpus = MultipleChoicePrediction.corpus
         if documents is None:
             scores, ids, retrieved = self.retrieve(processor, [question], [image], n_docs)
             documents, doc_scores = retrieved[0], scores[0][ids[0] >= 0][None]
+            corpus = self.retriever.document_index.describe()
         elif doc_scores is not None:
             doc_scores = torch.as_tensor(doc_scores, dtype=torch.float32).reshape(1, -1)
-        return self.predict_batch(processor, [question], [image], [answer_choices], [documents], doc_scores,
-                                  marginalize, length_normalize, scoring)[0]
+        prediction = self.predict_batch(processor, [question], [image], [answer_choices], [documents], doc_scores,
+                                        marginalize, length_normalize, scoring)[0]
+        prediction.corpus = corpus
+        return prediction
+
+    def index_corpus(self, documents: list[dict], processor: RetrieverGeneratorProcessor, name: str = "corpus",
+                     factory: str = "Flat", search_parameters: str | None = None):
+        """Make `documents` (`{"text": str | None, "image": PIL.Image | None}`) the corpus `predict` and `generate`
+        search, replacing the index saved with the model (no retraining: the retriever embeds them as they are).
+        `name` is what predictions report they searched; `factory` and `search_parameters` choose the FAISS index."""
+        return self.retriever.build_document_index(documents, processor.retriever_processor, factory,
+                                                   search_parameters, name=name)
 
     @torch.no_grad()
     def generate(self, processor: RetrieverGeneratorProcessor, question: str, image=None,

@@ -12,10 +12,15 @@ transformers 5.24 also renamed gradient checkpointing to activation checkpointin
 names: `enable_activation_checkpointing`, `disable_activation_checkpointing` and `is_activation_checkpointing` ask
 for whichever the model has.
 
+Dual encoders' `get_text_features` / `get_image_features` return a tensor on some releases and an output object on
+others: `pooled_features` takes either.
+
 Copied into saved model folders (the modeling files import it relatively): standard library and transformers only.
 """
 
 import warnings
+
+import torch
 
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -65,3 +70,9 @@ def enable_activation_checkpointing(model, checkpointing_kwargs: dict | None = N
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+
+
+def pooled_features(output):
+    """A dual encoder's `get_text_features` / `get_image_features` result as a tensor: some releases return the
+    tensor itself, others a `BaseModelOutputWithPooling` holding it as `pooler_output`."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

@@ -15,7 +15,7 @@ import os
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, BatchFeature, ProcessorMixin, SiglipImageProcessor
+from transformers import AutoConfig, AutoProcessor, BatchFeature, ProcessorMixin, SiglipImageProcessor
 
 from .processing_sigphi import IGNORE_INDEX, to_rgb
 
@@ -35,9 +35,11 @@ class MultimodalRetrieverProcessor(ProcessorMixin):
     Turns queries and documents into [`MultimodalRetrieverModel`] inputs.
 
     Args:
-        image_processor (`SiglipImageProcessor`): resize + normalise to the image tower's input.
+        image_processor: resize + normalise to the image tower's input (any transformers image processor: SigLIP's,
+            SigLIP 2's, CLIP's).
         tokenizer (`PreTrainedTokenizerBase`): the text tower's tokenizer.
-        max_length (`int`): texts are truncated to this many tokens.
+        max_length (`int`): the text tower's context: a longer passage is cut into chunks of at most this many
+            tokens (overlapping by a quarter), a longer question truncated.
         pad_to_max_length (`bool`): pad every text to `max_length` (SigLIP's text model was trained so, and its
             pooled output is the last position) instead of to the longest text of the batch.
     """
@@ -49,40 +51,84 @@ class MultimodalRetrieverProcessor(ProcessorMixin):
 
     @classmethod
     def from_retriever_config(cls, tokenizer, config, **kwargs) -> "MultimodalRetrieverProcessor":
-        """A processor whose image processor matches the image tower described by a `MultimodalRetrieverConfig`."""
+        """A processor whose image processor matches the timm image tower described by a
+        `MultimodalRetrieverConfig`."""
         image_processor = SiglipImageProcessor(size={"height": config.image_size, "width": config.image_size},
                                                image_mean=list(config.image_mean), image_std=list(config.image_std))
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_dual_encoder(cls, pretrained_model_name_or_path: str, **kwargs) -> "MultimodalRetrieverProcessor":
+        """The published processor of a dual encoder (`SiglipProcessor`, `CLIPProcessor`, ...) as a retriever
+        processor: its image processor and tokenizer, texts padded to the text tower's full context for SigLIP."""
+        published = AutoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **kwargs).get_text_config()
+        return cls(image_processor=published.image_processor, tokenizer=published.tokenizer,
+                   max_length=config.max_position_embeddings,
+                   pad_to_max_length=config.model_type.startswith("siglip"))
 
     def _tokenize(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, padding="max_length" if self.pad_to_max_length else "longest", truncation=True,
                               max_length=self.max_length, return_tensors="pt")
 
-    def _pixel_values(self, images: list) -> torch.Tensor:
-        """(n, 3, H, W) from PIL images of any mode."""
-        return self.image_processor([to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
+    def _image_inputs(self, images: list) -> dict:
+        """`pixel_values` (n, ...) and whatever else the image processor makes, from PIL images of any mode."""
+        return dict(self.image_processor([to_rgb(image) for image in images], return_tensors="pt"))
+
+    def split_passage(self, text: str) -> list[str]:
+        """`text` cut at word boundaries into chunks of at most `max_length` tokens (special tokens included), each
+        overlapping the one before by a quarter of its words; a text that fits is one chunk."""
+        words = text.split()
+        budget = self.max_length - len(self.tokenizer("")["input_ids"])
+        lengths = [len(ids) for ids in self.tokenizer([f" {word}" for word in words],
+                                                      add_special_tokens=False)["input_ids"]] if words else []
+        if sum(lengths) <= budget:
+            return [text]
+        chunks, start = [], 0
+        while True:
+            end, used = start, 0
+            while end < len(words) and (end == start or used + lengths[end] <= budget):
+                used, end = used + lengths[end], end + 1
+            chunks.append(" ".join(words[start:end]))
+            if end == len(words):
+                return chunks
+            start = max(start + 1, end - (end - start) // 4)
 
     def process_queries(self, texts: list[str], images: list | None = None) -> BatchFeature:
-        """`input_ids`, `attention_mask` and, when any query has an image, `pixel_values` (a blank image fills the
+        """`input_ids`, `attention_mask` and, when any query has an image, the image inputs (a blank image fills the
         slot of a query without one) and `query_image_mask` (False for those blanks)."""
         features = dict(self._tokenize(texts))
         if images is not None and any(image is not None for image in images):
             blank = Image.new("RGB", (1, 1))
-            features["pixel_values"] = self._pixel_values([blank if image is None else image for image in images])
+            features.update(self._image_inputs([blank if image is None else image for image in images]))
             features["query_image_mask"] = torch.tensor([image is not None for image in images])
         return BatchFeature(features)
 
     def process_documents(self, documents: list[dict]) -> BatchFeature:
-        """`document_is_image` (n_docs,) and the text documents' `input_ids`/`attention_mask` and the image
-        documents' `pixel_values`, each kind in document order."""
-        is_image = [document.get("image") is not None for document in documents]
-        features = {"document_is_image": torch.tensor(is_image, dtype=torch.bool)}
-        texts = [document["text"] for document, image in zip(documents, is_image) if not image]
+        """Documents (`{"text": str | None, "image": PIL.Image | None}`) as chunks: a passage is cut into chunks
+        (`split_passage`), each keeping its document's picture if it has one; a picture alone is one chunk.
+
+        Returns `chunk_document_ids` (n_chunks,), `chunk_text_ids` / `chunk_image_ids` (n_chunks,): each chunk's row
+        in `input_ids` / `attention_mask` (the chunks' texts) and in the image inputs (the documents' pictures), -1
+        where it has none.
+        """
+        texts, images, text_ids, image_ids, document_ids = [], [], [], [], []
+        for document_id, document in enumerate(documents):
+            image_id = -1
+            if document.get("image") is not None:
+                image_id = len(images)
+                images.append(document["image"])
+            for piece in self.split_passage(document["text"]) if document.get("text") else [None]:
+                text_ids.append(-1 if piece is None else len(texts))
+                texts += [piece] if piece is not None else []
+                image_ids.append(image_id)
+                document_ids.append(document_id)
+        features = {"chunk_document_ids": torch.tensor(document_ids), "chunk_text_ids": torch.tensor(text_ids),
+                    "chunk_image_ids": torch.tensor(image_ids)}
         if texts:
             features.update(self._tokenize(texts))
-        if any(is_image):
-            features["pixel_values"] = self._pixel_values(
-                [document["image"] for document, image in zip(documents, is_image) if image])
+        if images:
+            features.update(self._image_inputs(images))
         return BatchFeature(features)
 
 
@@ -117,16 +163,19 @@ class RetrieverGeneratorProcessor:
         """Chat messages and the images they refer to, in order: documents, then the question's image and text.
 
         A text document is `document_template` with `{document}` replaced by its text; an image document is
-        the template with an image in that place.
+        the template with an image in that place, followed by the document's text when it has one (a picture with
+        its article).
         """
         before, after = document_template.split(DOCUMENT_PLACEHOLDER)
         content, images = [], []
         for document in documents:
+            text = document.get("text")
             if document.get("image") is not None:
-                content += [{"type": "text", "text": before}, {"type": "image"}, {"type": "text", "text": after}]
+                content += [{"type": "text", "text": before}, {"type": "image"},
+                            {"type": "text", "text": (f" {text}" if text else "") + after}]
                 images.append(document["image"])
             else:
-                content.append({"type": "text", "text": before + document["text"] + after})
+                content.append({"type": "text", "text": before + text + after})
         if image is not None:
             content.append({"type": "image"})
             images.append(image)

@@ -1,11 +1,12 @@
-"""The retriever and generator a retriever-generator starts from: a tiny from-scratch retriever (the quickstart's),
-one of pretrained SigLIP towers, and a pretrained image-text-to-text generator (4-bit for QLoRA if asked).
+"""The retriever and generator a run starts from: the tiny preset's from-scratch parts, or pretrained ones (a saved
+retriever, a published dual encoder such as SigLIP or CLIP, an image-text-to-text generator, 4-bit for QLoRA if asked).
 
-The tiny SigPhi generator is `train.sigphi.tiny.build_tiny_sigphi`.
+The tiny SigPhi generator is `train.sigphi.tiny.build_tiny_sigphi`; what makes the tiny parts stand in for pretrained
+ones is `train.retrieval.standins`.
 """
 
 import torch
-from transformers import (AutoProcessor, AutoTokenizer, BitsAndBytesConfig, PreTrainedConfig, PreTrainedModel,
+from transformers import (AutoConfig, AutoProcessor, BitsAndBytesConfig, PreTrainedConfig, PreTrainedModel,
                           ProcessorMixin, SiglipTextConfig)
 
 from configuration import MultimodalRetrieverConfig
@@ -36,17 +37,18 @@ def build_tiny_retriever(task: RetrievalTask, seed: int = 0, loss_type: str = "i
                                      **TINY_RETRIEVER_TEXT_KWARGS),
         image_model_name=TINY_RETRIEVER_IMAGE_MODEL, image_model_kwargs=TINY_RETRIEVER_IMAGE_KWARGS, image_size=16,
         projection_dim=64, text_pooling="mean", loss_type=loss_type)
-    return MultimodalRetrieverModel(config), MultimodalRetrieverProcessor.from_retriever_config(tokenizer, config)
-
-
-def build_siglip_retriever(image_model: str, text_model: str
-                           ) -> tuple[MultimodalRetrieverModel, MultimodalRetrieverProcessor]:
-    """A retriever of pretrained SigLIP towers and its processor (texts padded to SigLIP's 64 tokens)."""
-    retriever = MultimodalRetrieverModel.from_pretrained_components(image_model, text_model)
     processor = MultimodalRetrieverProcessor.from_retriever_config(
-        AutoTokenizer.from_pretrained(text_model), retriever.config,
-        max_length=retriever.config.text_config.max_position_embeddings, pad_to_max_length=True)
-    return retriever, processor
+        tokenizer, config, max_length=TINY_RETRIEVER_TEXT_KWARGS["max_position_embeddings"])
+    return MultimodalRetrieverModel(config), processor
+
+
+def load_retriever(name_or_path: str) -> tuple[MultimodalRetrieverModel, MultimodalRetrieverProcessor]:
+    """A saved `MultimodalRetrieverModel` (with its processor), or a retriever made of a published dual encoder as it
+    is (`SiglipModel`, `Siglip2Model`, `CLIPModel`: anything with `get_text_features` and `get_image_features`)."""
+    if AutoConfig.from_pretrained(name_or_path).model_type == MultimodalRetrieverConfig.model_type:
+        return MultimodalRetrieverModel.from_pretrained(name_or_path), AutoProcessor.from_pretrained(name_or_path)
+    return (MultimodalRetrieverModel.from_dual_encoder(name_or_path),
+            MultimodalRetrieverProcessor.from_dual_encoder(name_or_path))
 
 
 def load_generator(name_or_path: str, load_in_4bit: bool = False) -> tuple[PreTrainedModel, ProcessorMixin]:

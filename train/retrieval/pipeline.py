@@ -1,0 +1,243 @@
+"""Training a retriever-generator: the recipe's stages in order, model selection on a validation split, saving, and
+one evaluation of the test split at the end if asked (`python -m train.train_retriever_generator` runs this; the
+quickstart calls `train_retriever_generator` directly).
+
+0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`);
+1. retriever (`retriever_stage`): InfoNCE with mined hard negatives on the gold documents, or, answers only, on
+   pseudo-relevant ones (`pseudo_relevance`, the text test alone: the generator knows nothing of the task yet);
+2. generator warm start (`generator_stage`): SFT on the top retrieved document;
+3. joint (`joint_stage`), epoch by epoch: pseudo-labels recomputed with the generator's judgement (answers only), the
+   top `n_docs` documents read with the marginal likelihood; the validation split picks the best epoch (or none).
+"""
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from configuration import RetrieverGeneratorConfig
+from modeling import RetrieverGeneratorForMultipleChoice
+from processing import RetrieverGeneratorProcessor
+from train.common.cli import InvalidInput
+from train.retrieval.evaluation import evaluate_retriever_generator, searched_task
+from train.retrieval.generator_stage import generator_lora_config, warm_start_generator
+from train.retrieval.joint_stage import train_joint_epoch
+from train.retrieval.models import build_tiny_retriever, load_generator, load_retriever
+from train.retrieval.pseudo_relevance import pseudo_relevance_labels
+from train.retrieval.ranking import rank_documents
+from train.retrieval.retriever_stage import train_retriever
+from train.retrieval.standins import pretrain_generator, warm_up_image_tower
+from train.retrieval.task import RetrievalTask, load_retrieval_task
+from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
+from train.sigphi.tiny import build_tiny_sigphi
+
+DEFAULT_RETRIEVER = "google/siglip-so400m-patch14-384"
+
+
+@dataclass
+class TrainRetrieverGeneratorArguments:
+    train_csv: str = field(metadata={"help": "Seed CSV of training questions (their documents join the corpus)."})
+    output_dir: str = field(metadata={"help": "Folder to write O/retriever, O/generator and the composite O to."})
+    val_csv: str | None = field(default=None, metadata={
+        "help": "Seed CSV of validation questions: every choice made during training is made on it (default: "
+                "--val_fraction of the training questions)."})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "Share of the training questions held out for validation when there is no --val_csv."})
+    eval_csv: str | None = field(default=None, metadata={
+        "help": "Seed CSV of test questions, evaluated once after training (as python -m "
+                "train.evaluate_retriever_generator does: the saved corpus plus their documents)."})
+    corpus: str | None = field(default=None, metadata={"help": "JSONL of further documents for the corpus."})
+    preset: str | None = field(default=None, metadata={
+        "help": "'tiny': both models from scratch, CPU-sized, with stand-in pretraining.", "choices": ["tiny"]})
+    retriever_model: str = field(default=DEFAULT_RETRIEVER, metadata={
+        "help": "A saved MultimodalRetriever, or a published dual encoder (SiglipModel, Siglip2Model, CLIPModel) as "
+                "it is (ignored with --preset tiny)."})
+    generator_model: str | None = field(default=None, metadata={
+        "help": "Image-text-to-text model to fine-tune, e.g. a SigPhi folder or "
+                "meta-llama/Llama-3.2-11B-Vision-Instruct."})
+    n_docs: int = field(default=5, metadata={"help": "Retrieved documents the generator reads, marginalised."})
+    gold_documents: bool = field(default=True, metadata={
+        "help": "Train the retriever on the CSV's gold documents when it has them (--no_gold_documents: learn from "
+                "the answers alone, as without the column)."})
+    image_warm_up_epochs: int = field(default=60, metadata={
+        "help": "Tiny preset: epochs of the image tower's stand-in pretraining on the task's pictures (0: none)."})
+    reader_epochs: float = field(default=2, metadata={
+        "help": "Tiny preset: epochs of the generator's stand-in pretraining (reading passages, naming colours and "
+                "digits; 0: none)."})
+    pseudo_relevance_depth: int = field(default=10, metadata={
+        "help": "Answers only: candidates per question from each neighbourhood, checked for pseudo-relevance."})
+    pseudo_relevance_margin: float = field(default=0.0, metadata={
+        "help": "Answers only: how many nats a document must raise the generator's log-probability of the answer by "
+                "to count."})
+    picture_copies: bool = field(default=False, metadata={
+        "help": "Answers only: a picture that is a copy of the question's own (mutual nearest neighbours) is its "
+                "only relevant picture (for corpora of copies)."})
+    retriever_epochs: float = field(default=32, metadata={"help": "Retriever training epochs."})
+    retriever_learning_rate: float = field(default=3e-3, metadata={"help": "Retriever learning rate."})
+    hard_negatives: int = field(default=8, metadata={"help": "Mined hard negatives per question."})
+    loss_type: str = field(default="infonce", metadata={"help": "Retriever ranking loss.",
+                                                         "choices": ["infonce", "sigmoid"]})
+    generator_epochs: float = field(default=2, metadata={"help": "Generator warm-start epochs."})
+    generator_learning_rate: float = field(default=1e-3, metadata={"help": "Generator learning rate."})
+    joint_epochs: float = field(default=1, metadata={"help": "Epochs of joint training on the top n_docs documents."})
+    joint_batch_size: int = field(default=8, metadata={"help": "Questions per joint training step."})
+    joint_generator_learning_rate: float = field(default=5e-4, metadata={"help": "Generator learning rate, joint."})
+    joint_retriever_learning_rate: float = field(default=2e-4, metadata={"help": "Retriever learning rate, joint."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank for pretrained generators (0: train every weight)."})
+    lora_target_modules: str = field(default=LANGUAGE_MODEL_LORA_TARGETS, metadata={
+        "help": "Regex (or 'all-linear') of the generator modules LoRA adapts; the default fits SigPhi."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the pretrained generator in 4-bit."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, data order and the validation split."})
+
+
+@contextmanager
+def timed(seconds: dict, name: str):
+    start = time.perf_counter()
+    print(f"\n=== {name} ===", flush=True)
+    yield
+    seconds[name] = round(time.perf_counter() - start, 1)
+
+
+def load_tasks(args: TrainRetrieverGeneratorArguments) -> tuple[RetrievalTask, RetrievalTask]:
+    """(training task, validation task searching the training corpus plus its own documents)."""
+    train_task = load_retrieval_task(args.train_csv, args.corpus)
+    if args.val_csv:
+        val_task = load_retrieval_task(args.val_csv, documents_optional=True)
+    else:
+        train_task, val_task = train_task.split(args.val_fraction, args.seed)
+    return train_task, val_task.searching(train_task.corpus)
+
+
+def build_model(args: TrainRetrieverGeneratorArguments, train_task: RetrievalTask):
+    """(retriever-generator, its processor, LoRA config or None) for `args`, parts from scratch or pretrained."""
+    if args.preset == "tiny":
+        retriever, retriever_processor = build_tiny_retriever(train_task, args.seed, args.loss_type)
+        generator, generator_processor = build_tiny_sigphi(args.seed)
+        peft = None
+    elif not args.generator_model:
+        raise InvalidInput("give --preset tiny, or --generator_model (and --retriever_model)")
+    else:
+        retriever, retriever_processor = load_retriever(args.retriever_model)
+        retriever.config.loss_type = args.loss_type
+        generator, generator_processor = load_generator(args.generator_model, args.load_in_4bit)
+        peft = generator_lora_config(args.lora_target_modules, args.lora_r) if args.lora_r else None
+    config = RetrieverGeneratorConfig.from_retriever_generator_configs(retriever.config, generator.config,
+                                                                       n_docs=args.n_docs)
+    model = RetrieverGeneratorForMultipleChoice(config, retriever=retriever, generator=generator)
+    return model, RetrieverGeneratorProcessor(retriever_processor, generator_processor), peft
+
+
+def labelled(task: RetrievalTask, relevance: list[list[int]]) -> RetrievalTask:
+    """The task with `relevance` as its questions' relevant documents."""
+    return RetrievalTask([replace(e, gold_document_ids=ids) for e, ids in zip(task.examples, relevance)],
+                         task.corpus)
+
+
+def validate(model, processor, val_task: RetrievalTask) -> dict:
+    """The validation split's evaluation with the top `n_docs` retrieved documents; `score` is what model selection
+    compares: multiple-choice accuracy, else VQA accuracy."""
+    model.retriever.build_document_index(val_task.corpus, processor.retriever_processor, name="validation corpus")
+    metrics = evaluate_retriever_generator(model, processor, val_task, open_ended=not val_task.is_multiple_choice)
+    metrics["score"] = metrics["accuracy"] if "accuracy" in metrics else metrics["vqa_accuracy"]
+    return metrics
+
+
+def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
+    """Train, select on validation, save to `args.output_dir`; returns the report (validation and, with
+    `args.eval_csv`, test metrics, timings, pseudo-label counts, arguments)."""
+    train_task, val_task = load_tasks(args)
+    supervised = args.gold_documents and train_task.has_gold_documents
+    if not supervised:
+        train_task = train_task.without_gold_documents()
+    model, processor, peft = build_model(args, train_task)
+    retriever, retriever_processor = model.retriever, processor.retriever_processor
+    seconds, report = {}, {"supervision": "gold documents" if supervised else "answers only (pseudo-relevance)",
+                           "n_train": len(train_task.examples), "n_val": len(val_task.examples)}
+
+    if args.preset == "tiny":
+        with timed(seconds, "stand-in pretraining"):
+            pictures = [e.image for e in train_task.examples] + [doc["image"] for doc in train_task.corpus]
+            if args.image_warm_up_epochs and any(picture is not None for picture in pictures):
+                report["image_warm_up_loss"] = warm_up_image_tower(retriever, retriever_processor, pictures,
+                                                                   args.image_warm_up_epochs, seed=args.seed)[-1]
+            if args.reader_epochs:
+                model.generator = pretrain_generator(model.generator, processor.generator_processor, args.output_dir,
+                                                     args.reader_epochs, args.seed, model.config.document_template)
+
+    with timed(seconds, "stage 1: retriever"):
+        relevance = [e.gold_document_ids for e in train_task.examples]
+        if not supervised:  # RA-VQA: the text test alone; a retriever from scratch cannot rank yet
+            sources = ("words", "pictures") if args.preset == "tiny" else ("retriever", "words", "pictures")
+            relevance = pseudo_relevance_labels(model, processor, train_task, args.pseudo_relevance_depth,
+                                                use_generator=False, sources=sources,
+                                                picture_copies=args.picture_copies)
+            report["pseudo_labelled_questions"] = [sum(map(bool, relevance))]
+            if not any(relevance):
+                raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing one of its "
+                                   "answers; give the documents column or a corpus that holds the answers")
+        train_retriever(retriever, retriever_processor, labelled(train_task, relevance), args.output_dir,
+                        epochs=args.retriever_epochs, learning_rate=args.retriever_learning_rate,
+                        n_negatives=args.hard_negatives, seed=args.seed)
+
+    with timed(seconds, "stage 2: generator warm start"):
+        model.generator = warm_start_generator(
+            model.generator, processor.generator_processor, train_task,
+            rank_documents(retriever, retriever_processor, train_task, 1), model.config.document_template,
+            args.output_dir, epochs=args.generator_epochs, learning_rate=args.generator_learning_rate,
+            peft_config=peft, gradient_checkpointing=args.preset != "tiny", seed=args.seed)
+
+    with timed(seconds, "stage 3: joint"):
+        report["validation_by_epoch"] = [validate(model, processor, val_task)["score"]]
+        if args.joint_epochs > 0:
+            train_jointly(args, model, processor, train_task, val_task, peft, supervised, report)
+
+    model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    with timed(seconds, "validation"):
+        report["validation"] = validate(model, processor, val_task)
+    if args.eval_csv:
+        with timed(seconds, "test (read once)"):
+            model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")
+            test_task = searched_task(model, processor, load_retrieval_task(args.eval_csv, documents_optional=True),
+                                      name=args.eval_csv)
+            report["test"] = evaluate_retriever_generator(model, processor, test_task)
+    return {**report, "seconds": seconds, "arguments": asdict(args)}
+
+
+def train_jointly(args, model, processor, train_task: RetrievalTask, val_task: RetrievalTask, peft, supervised: bool,
+                  report: dict) -> None:
+    """Stage 3, epoch by epoch, keeping the weights of the epoch that validates best (the warm start's included)."""
+    peft_model = None
+    if peft is not None:  # LoRA adapters again (injected in place; the merged weights stay frozen)
+        from peft import get_peft_model
+
+        peft_model = get_peft_model(model.generator, peft)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    best, best_score = {name: p.detach().clone() for name, p in trainable.items()}, report["validation_by_epoch"][0]
+    joint_log = []
+    for epoch in range(math.ceil(args.joint_epochs)):
+        relevance = [e.gold_document_ids for e in train_task.examples]
+        if not supervised:
+            relevance = pseudo_relevance_labels(model, processor, train_task, args.pseudo_relevance_depth,
+                                                margin=args.pseudo_relevance_margin,
+                                                picture_copies=args.picture_copies)
+            report["pseudo_labelled_questions"].append(sum(map(bool, relevance)))
+        joint_log += train_joint_epoch(model, processor, train_task, relevance, n_docs=args.n_docs,
+                                       epochs=min(1.0, args.joint_epochs - epoch), batch_size=args.joint_batch_size,
+                                       generator_learning_rate=args.joint_generator_learning_rate,
+                                       retriever_learning_rate=args.joint_retriever_learning_rate,
+                                       seed=args.seed + epoch)
+        score = validate(model, processor, val_task)["score"]
+        report["validation_by_epoch"].append(score)
+        if score > best_score:
+            best, best_score = {name: p.detach().clone() for name, p in trainable.items()}, score
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(best[name])
+    report["selected_epoch"] = report["validation_by_epoch"].index(best_score)
+    report["joint_log"] = joint_log[-3:]
+    if peft_model is not None:
+        model.generator = peft_model.merge_and_unload().eval()

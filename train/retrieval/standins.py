@@ -1,0 +1,151 @@
+"""Stand-ins for pretrained checkpoints, used only by the tiny preset (`--preset tiny`), whose parts start from random
+weights.
+
+A real retriever-generator starts from SigLIP, whose image tower already matches two pictures of one thing, and from
+a vision-language model built on Phi-3 and SigLIP, which already reads passages of several facts, names the colours
+and digits it sees, and answers from its context. The tiny preset gives its parts those skills briefly, on data
+that is not the task's questions, before the recipe's three stages run exactly as they would on real checkpoints:
+
+- the retriever's image tower learns to match pictures (`warm_up_image_tower`): instance discrimination on the task's
+  own pictures, without labels (SimCLR's loss, as Contriever pretrains a text retriever on its corpus);
+- the generator learns to read (`reading_rows`, trained by `pretrain_generator`): synthetic passages of two to four
+  facts about made-up names with a question about one of them, pictures of shapes whose colour it names, and the
+  handwritten digits of scikit-learn's training split (never a test question's drawing) whose digit it names.
+"""
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from modeling.modeling_retriever import ranking_loss
+from processing import RetrieverGeneratorProcessor
+from processing.processing_sigphi import to_rgb
+from train.retrieval.generator_stage import train_generator
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
+           "purple": (160, 60, 210), "orange": (250, 140, 20), "pink": (250, 130, 200), "cyan": (40, 210, 220),
+           "brown": (140, 80, 30), "white": (245, 245, 245), "grey": (128, 128, 128), "black": (10, 10, 10)}
+NUMBER_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+THINGS = ("kettle", "boat", "lamp", "kite", "door", "hat")
+# kind -> (fact templates, question template, values) of the reading stand-in: {name} is a made-up name, {value} the
+# answer, {thing} one of THINGS.
+FACTS = {
+    "colour": (["{name}'s {thing} is {value}.", "The {thing} of {name} is {value}."], "What colour is {name}'s {thing}?",
+               list(COLOURS)),
+    "food": (["{name} eats {value}.", "{name} feeds on {value}."], "What does {name} eat?",
+             ["berries", "fish", "seeds", "grass", "nuts", "honey", "insects", "leaves", "roots", "worms", "mice"]),
+    "home": (["{name} lives in {value}.", "{name} makes its home in {value}."], "Where does {name} live?",
+             ["caves", "trees", "rivers", "lakes", "deserts", "marshes", "hills", "meadows", "forests", "burrows"]),
+    "count": (["{name} has {value} legs.", "{name} walks on {value} legs."], "How many legs does {name} have?",
+              list(NUMBER_WORDS)),
+}
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+def _name(rng: random.Random) -> str:
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 3)))).capitalize()
+
+
+def passage_row(rng: random.Random) -> tuple[str, str, str]:
+    """(passage, question, answer): two to four facts about different made-up names, a question about one of them."""
+    names = list(dict.fromkeys(_name(rng) for _ in range(4)))[:rng.choice((2, 3, 4))]
+    facts = []
+    for name in names:
+        templates, question, values = FACTS[rng.choice(list(FACTS))]
+        slots = {"name": name, "value": rng.choice(values), "thing": rng.choice(THINGS)}
+        facts.append((rng.choice(templates).format(**slots), question.format(**slots), slots["value"]))
+    _, question, answer = rng.choice(facts)
+    return " ".join(fact for fact, _, _ in facts), question, answer
+
+
+def shape_picture(rng: random.Random, colour: str, size: int = 32) -> Image.Image:
+    """A random ellipse, box or triangle in `colour` on a dark or light background."""
+    background = rng.choice([(0, 0, 0), (30, 30, 30), (225, 225, 225)])
+    image = Image.new("RGB", (size, size), background)
+    x0, y0 = rng.randint(0, size // 2), rng.randint(0, size // 2)
+    x1, y1 = rng.randint(x0 + size // 4, size), rng.randint(y0 + size // 4, size)
+    draw = ImageDraw.Draw(image)
+    shape = rng.choice(("ellipse", "box", "triangle"))
+    if shape == "ellipse":
+        draw.ellipse((x0, y0, x1, y1), fill=COLOURS[colour])
+    elif shape == "box":
+        draw.rectangle((x0, y0, x1, y1), fill=COLOURS[colour])
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=COLOURS[colour])
+    return image
+
+
+def reading_rows(n_passages: int = 3000, n_colours: int = 800, n_digits: int = 800, seed: int = 0,
+                 document_template: str = "Document: {document}\n") -> list[dict]:
+    """TRL conversational rows of the reading stand-in, in the retriever-generator's prompt layout."""
+    from train.bundled_data.digits import digits_splits
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_passages):
+        passage, question, answer = passage_row(rng)
+        rows.append(RetrieverGeneratorProcessor.conversation(question, None, [{"text": passage}], document_template,
+                                                             answer=answer))
+    for _ in range(n_colours):
+        colour = rng.choice(list(COLOURS))
+        rows.append(RetrieverGeneratorProcessor.conversation("What colour is this picture?",
+                                                             shape_picture(rng, colour), [], document_template,
+                                                             answer=colour))
+    digits = digits_splits()["train"]
+    for _, image, answer in rng.sample(digits, min(n_digits, len(digits))):
+        rows.append(RetrieverGeneratorProcessor.conversation("What digit is this?", image, [], document_template,
+                                                             answer=DIGIT_WORDS[int(answer)]))
+    rng.shuffle(rows)
+    return [{"messages": messages, "images": images} for messages, images in rows]
+
+
+def pretrain_generator(generator, processor, output_dir: str, epochs: float = 2, seed: int = 0,
+                       document_template: str = "Document: {document}\n"):
+    """The generator's reading stand-in (`reading_rows`), every weight trained; returns the generator."""
+    return train_generator(generator, processor, reading_rows(seed=seed, document_template=document_template),
+                           output_dir, epochs=epochs, batch_size=32, learning_rate=2e-3, seed=seed,
+                           name="generator-standin")
+
+
+def instance_views():
+    """Two calls give two views of one picture: shifted, rotated and zoomed a little, its colour dropped half of the
+    time and its brightness changed, so that two pictures of one thing in other colours or light look alike."""
+    from torchvision.transforms import v2
+
+    from train.retrieval.retriever_stage import image_augmentation
+
+    return v2.Compose([image_augmentation(), v2.RandomGrayscale(p=0.5), v2.ColorJitter(brightness=0.7)])
+
+
+def warm_up_image_tower(retriever, processor, images: list, epochs: int = 60, batch_size: int = 256,
+                        learning_rate: float = 3e-3, temperature: float = 0.1, seed: int = 0) -> list[float]:
+    """The image tower's stand-in for SigLIP: instance discrimination on the task's own pictures, each picture's
+    nearest among the batch's views must be its other view. `images` may hold None (questions without one). Only the
+    image tower and its projection train. Returns the loss of each epoch."""
+    views = instance_views()
+    parameters = [*retriever.image_model.parameters(), *retriever.image_projection.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # the views' random transforms
+    images = [to_rgb(image) for image in images if image is not None]
+    losses = []
+    retriever.train()
+    for _ in range(epochs):
+        order, epoch_losses = rng.permutation(len(images)), []
+        for start in range(0, len(order), batch_size):
+            batch = [images[i] for i in order[start:start + batch_size]]
+            first, second = (retriever.encode_images(processor.image_processor(
+                [views(image) for image in batch], return_tensors="pt")["pixel_values"]) for _ in range(2))
+            logits = first @ second.T / temperature  # (batch, batch): view i of one image against all others
+            same_image = torch.eye(len(batch), dtype=torch.bool)
+            loss = (ranking_loss(logits, same_image) + ranking_loss(logits.T, same_image)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            epoch_losses.append(float(loss.detach()))
+        losses.append(float(np.mean(epoch_losses)))
+    retriever.eval()
+    return losses
