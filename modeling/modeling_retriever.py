@@ -164,8 +164,8 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         scale, bias = (getattr(dual_encoder, name, None) for name in ("logit_scale", "logit_bias"))
         config = MultimodalRetrieverConfig(
             dual_encoder_config=dual_encoder.config,
-            logit_scale_init=float(scale) if scale is not None else MultimodalRetrieverConfig.logit_scale_init,
-            logit_bias_init=float(bias) if bias is not None else MultimodalRetrieverConfig.logit_bias_init)
+            logit_scale_init=scale.item() if scale is not None else MultimodalRetrieverConfig.logit_scale_init,
+            logit_bias_init=bias.item() if bias is not None else MultimodalRetrieverConfig.logit_bias_init)
         with torch.device("meta"):
             model = cls(config)
         model.dual_encoder = dual_encoder

@@ -327,8 +327,8 @@ def test_the_retriever_generator_step_exits_with_status_2_naming_the_missing_col
                              str(data_dir / "out")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"train_retriever_generator.py: error: {path}: missing column(s) documents "
-        f"(expected {', '.join(RETRIEVAL_HEADER)})")
+        f"train_retriever_generator.py: error: {path}: missing column(s) documents (expected question_text, "
+        "question_image, answer_choices + label and/or answers, documents)")
 
 
 # --- interruption ------------------------------------------------------------------------------------------------

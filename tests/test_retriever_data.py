@@ -1,4 +1,5 @@
-"""The seed CSV reader of the retriever-generator, and the bundled retrieval task it is trained on."""
+"""The seed CSV reader of the retriever-generator (multiple-choice and open-ended answers, text, image and image+text
+documents, validation splits, open corpora), and the two bundled retrieval tasks."""
 
 import csv
 import json
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from train.bundled_data.encyclopedia import write_encyclopedia
 from train.bundled_data.retrieval_vqa import ARCHIVE_QUESTION, painted, write_retrieval_vqa
 from train.common.cli import InvalidInput, run_cli
+from train.retrieval.answers import contains_answer
 from train.retrieval.task import RETRIEVAL_COLUMNS, load_retrieval_task
 from train.train_retriever_generator import TrainRetrieverGeneratorArguments, main
 
@@ -51,6 +54,10 @@ def test_reads_questions_and_builds_the_corpus_from_every_row_and_the_corpus_fil
     ({"documents": "not json"}, "row 1, column 'documents': invalid JSON"),
     ({"documents": "[]"}, "row 1, column 'documents': expected a non-empty JSON list"),
     ({"documents": json.dumps([{"video": "x.mp4"}])}, "row 1, column 'documents', item 1: a document must be"),
+    ({"documents": json.dumps([{"image": "doc.png", "caption": "x"}])},
+     "row 1, column 'documents', item 1: a document must be"),
+    ({"documents": json.dumps([{"image": "doc.png", "text": " "}])},
+     "row 1, column 'documents', item 1: a document must be"),
     ({"documents": json.dumps([{"image": "missing.png"}])}, "row 1, column 'documents', item 1: image file not found"),
     ({"question_image": "missing.png"}, "row 1, column 'question_image': image file not found"),
     ({"question_text": " "}, "row 1, column 'question_text': missing or empty"),
@@ -66,6 +73,9 @@ def test_a_missing_column_is_named(tmp_path):
     path = write_csv(tmp_path, [GOOD_ROW], columns=RETRIEVAL_COLUMNS[:-1])
     with pytest.raises(InvalidInput, match="missing column\\(s\\) documents"):
         load_retrieval_task(path)
+    no_answers = write_csv(tmp_path, [GOOD_ROW], columns=["question_text", "question_image", "documents"])
+    with pytest.raises(InvalidInput, match="missing column\\(s\\) answer_choices, label .*and/or answers"):
+        load_retrieval_task(no_answers)
 
 
 def test_a_bad_corpus_line_is_reported_by_file_and_line(tmp_path):
@@ -78,7 +88,7 @@ def test_training_cli_refuses_invalid_input_in_one_line_with_status_2(tmp_path, 
     path = write_csv(tmp_path, [GOOD_ROW], columns=RETRIEVAL_COLUMNS[:-1])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, TrainRetrieverGeneratorArguments, argv=[
-            "--preset", "tiny", "--train_csv", str(path), "--eval_csv", str(path), "--output_dir", str(tmp_path / "o")])
+            "--preset", "tiny", "--train_csv", str(path), "--output_dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "documents" in error and "Traceback" not in error
@@ -87,16 +97,18 @@ def test_training_cli_refuses_invalid_input_in_one_line_with_status_2(tmp_path, 
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
     folder = tmp_path_factory.mktemp("retrieval_vqa")
-    sizes = write_retrieval_vqa(folder, n_train_catalogues=6, n_test_catalogues=3, n_train_archive=20,
-                                n_test_archive=10, n_distractor_catalogues=2, n_distractor_drawings=5)
+    sizes = write_retrieval_vqa(folder, n_train_catalogues=6, n_val_catalogues=2, n_test_catalogues=3,
+                                n_train_archive=20, n_val_archive=6, n_test_archive=10, n_distractor_catalogues=2,
+                                n_distractor_drawings=5)
     return folder, sizes
 
 
 def test_bundled_task_asks_about_unseen_facts_with_text_and_image_documents(bundled):
     folder, sizes = bundled
     train = load_retrieval_task(folder / "train.csv", folder / "corpus.jsonl")
+    val = load_retrieval_task(folder / "val.csv")
     test = load_retrieval_task(folder / "test.csv", folder / "corpus.jsonl")
-    assert (len(train.examples), len(test.examples), sizes["corpus"]) == (80, 40, 25)
+    assert (len(train.examples), len(val.examples), len(test.examples), sizes["corpus"]) == (80, 26, 40, 25)
 
     def gold_texts(task):
         return {task.corpus[i]["text"] for e in task.examples for i in e.gold_document_ids} - {None}
@@ -104,9 +116,12 @@ def test_bundled_task_asks_about_unseen_facts_with_text_and_image_documents(bund
     def catalogues(task):
         return {e.question.split(" catalogue")[0] for e in task.examples if e.question != ARCHIVE_QUESTION}
 
-    # Test facts and catalogues were never seen in training; both splits read text and image documents.
-    assert not gold_texts(train) & gold_texts(test) and not catalogues(train) & catalogues(test)
-    for task in (train, test):
+    # Validation and test facts and catalogues were never seen in training; every split reads text and image
+    # documents, and validation and test drawings differ from training ones.
+    for other in (val, test):
+        assert not gold_texts(train) & gold_texts(other) and not catalogues(train) & catalogues(other)
+    assert not catalogues(val) & catalogues(test)
+    for task in (train, val, test):
         kinds = {task.corpus[e.gold_document_ids[0]]["image"] is None for e in task.examples}
         assert kinds == {True, False}
         assert all(e.answer_choices[e.label] in task.corpus[e.gold_document_ids[0]]["text"]
@@ -156,3 +171,103 @@ def test_the_documents_column_is_optional_with_a_corpus(tmp_path):
                                 tmp_path / "corpus.jsonl")
     assert mixed.examples[0].gold_document_ids and mixed.examples[1].gold_document_ids == []
     assert mixed.without_gold_documents().examples[0].gold_document_ids == []
+
+
+def test_open_ended_answers_and_pictures_with_their_text(tmp_path):
+    open_ended = {"question_text": "What does this creature eat?", "question_image": "q.png",
+                  "answers": json.dumps(["berries", "berries", "berry"]),
+                  "documents": json.dumps([{"image": "doc.png", "text": "The Kalomi eats berries."}, "A fact."])}
+    path = write_csv(tmp_path, [open_ended], columns=["question_text", "question_image", "answers", "documents"])
+    example, = load_retrieval_task(path).examples
+    assert not example.is_multiple_choice and example.answer_choices is None
+    assert example.reference_answers == ["berries", "berry"] and example.target_answer == "berries"
+    corpus = load_retrieval_task(path).corpus
+    assert corpus[0]["text"] == "The Kalomi eats berries." and corpus[0]["image"].size == (8, 8)
+    # Both answer kinds in one row: the right choice is acceptable too, and is what the model is trained to say.
+    both = write_csv(tmp_path, [{**GOOD_ROW, "answers": json.dumps(["navy", "blue"])}],
+                     columns=[*RETRIEVAL_COLUMNS, "answers"])
+    example, = load_retrieval_task(both).examples
+    assert example.reference_answers == ["navy", "blue"] and example.target_answer == "blue"
+    for bad, message in (("[]", "expected a JSON list of non-empty strings"), ('"berries"', "expected a JSON list"),
+                         ("", "missing or empty")):
+        path = write_csv(tmp_path, [{**open_ended, "answers": bad}],
+                         columns=["question_text", "question_image", "answers", "documents"])
+        with pytest.raises(InvalidInput, match=f"row 1, column 'answers': {message}"):
+            load_retrieval_task(path)
+
+
+def test_a_validation_split_holds_out_questions_and_an_open_corpus_adds_what_it_lacks(tmp_path):
+    rows = [{**GOOD_ROW, "question_text": f"Question {i}?", "documents": json.dumps([f"Fact {i}."])} for i in range(10)]
+    task = load_retrieval_task(write_csv(tmp_path, rows))
+    rest, held_out = task.split(0.2, seed=0)
+    assert len(rest.examples) == 8 and len(held_out.examples) == 2
+    assert {e.question for e in rest.examples}.isdisjoint(e.question for e in held_out.examples)
+    assert task.split(0.2, seed=0)[1].examples == held_out.examples  # the same questions every time
+    with pytest.raises(InvalidInput, match="leaves no question"):
+        task.split(0.01)
+
+    saved = [{"text": "Fact 3.", "image": None}, {"text": "A distractor.", "image": None}]
+    searched = held_out.searching(saved)
+    assert [doc["text"] for doc in searched.corpus[:2]] == ["Fact 3.", "A distractor."]
+    assert len(searched.corpus) == 2 + 10 - 1  # "Fact 3." is not added twice
+    for example in searched.examples:
+        gold, = example.gold_document_ids
+        assert searched.corpus[gold]["text"] == f"Fact {example.question.split()[1][:-1]}."
+
+
+def test_the_passages_variant_writes_each_catalogues_facts_as_passages_of_two_to_four_sentences(tmp_path):
+    write_retrieval_vqa(tmp_path, n_train_catalogues=4, n_val_catalogues=1, n_test_catalogues=2, n_train_archive=5,
+                        n_val_archive=2, n_test_archive=4, n_distractor_catalogues=1, n_distractor_drawings=2,
+                        passages=True)
+    task = load_retrieval_task(tmp_path / "train.csv", tmp_path / "corpus.jsonl")
+    passages = [doc["text"] for doc in task.corpus if doc["text"]]
+    assert all(2 <= passage.count(".") <= 4 for passage in passages)
+    for example in task.examples:
+        if example.question == ARCHIVE_QUESTION:
+            continue
+        passage = task.corpus[example.gold_document_ids[0]]["text"]
+        assert contains_answer(passage, [example.answer_choices[example.label]])
+        assert example.question.split()[2] in passage  # the catalogue's name
+    # Some passages also name a wrong choice: the test of "holds the answer" must not ask for it alone.
+    assert any(contains_answer(task.corpus[e.gold_document_ids[0]]["text"],
+                               [c for i, c in enumerate(e.answer_choices) if i != e.label])
+               for e in task.examples if e.question != ARCHIVE_QUESTION)
+
+
+@pytest.fixture(scope="module")
+def encyclopedia(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encyclopedia")
+    sizes = write_encyclopedia(folder, n_train=40, n_val=10, n_test=20, n_distractors=10)
+    return folder, sizes
+
+
+def test_the_encyclopedia_asks_about_unseen_creatures_shown_in_another_view(encyclopedia):
+    folder, sizes = encyclopedia
+    assert sizes == {"train": 80, "val": 20, "test": 40, "corpus": 10}
+    tasks = {split: load_retrieval_task(folder / f"{split}.csv") for split in ("train", "val", "test")}
+    articles = {split: {task.corpus[i]["text"] for e in task.examples for i in e.gold_document_ids}
+                for split, task in tasks.items()}
+    assert not articles["train"] & articles["val"] and not articles["train"] & articles["test"]
+    for task in tasks.values():
+        for example in task.examples:
+            document = task.corpus[example.gold_document_ids[0]]
+            assert document["image"] is not None and document["text"]  # a picture with its article
+            assert document["image"].size == example.image.size == (32, 32)
+            assert np.abs(np.asarray(document["image"], float) - np.asarray(example.image, float)).mean() > 1
+            assert contains_answer(document["text"], example.reference_answers)
+            assert example.target_answer == example.answer_choices[example.label]
+            assert len(example.answers) == 10
+
+
+def test_encyclopedia_articles_name_wrong_candidates_and_answers_come_with_aliases(encyclopedia):
+    folder, _ = encyclopedia
+    task = load_retrieval_task(folder / "train.csv")
+    wrong_named = [contains_answer(task.corpus[e.gold_document_ids[0]]["text"],
+                                   [c for i, c in enumerate(e.answer_choices) if i != e.label])
+                   for e in task.examples]
+    assert 0.1 < np.mean(wrong_named) < 0.9
+    assert any(len(e.reference_answers) > 1 for e in task.examples)
+    labels = [e.label for e in task.examples]
+    assert set(labels) == {0, 1, 2, 3} and max(np.bincount(labels)) < 0.45 * len(labels)
+    answers_only = load_retrieval_task(folder / "train_answers_only.csv", folder / "train_documents.jsonl")
+    assert not answers_only.has_gold_documents and len(answers_only.corpus) == 40 + 10

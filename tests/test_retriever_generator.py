@@ -1,5 +1,6 @@
 """The retriever-generator: choice scoring, prompts built from documents, SigPhi and Mllama generators, saving and
-loading (in a Hub user's process too), LoRA/QLoRA fine-tuning and the training and evaluation CLIs."""
+loading (in a Hub user's process too), the corpus it searches, LoRA/QLoRA fine-tuning, pseudo-relevance without gold
+documents, open-ended answers, and the training and evaluation CLIs."""
 
 import json
 import math
@@ -15,18 +16,21 @@ from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoi
 from modeling.modeling_retriever_generator import marginalize
 from processing import RetrieverGeneratorProcessor
 from tests.conftest import hub_user_python
+from train.bundled_data.encyclopedia import write_encyclopedia
 from train.bundled_data.retrieval_vqa import write_retrieval_vqa
 from train.common.cli import run_cli
 from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.retrieval.generator_training import (document_embeddings, document_relevance_loss, generator_lora_config,
-                                                generator_rows, train_generator)
+from train.retrieval import pseudo_relevance
+from train.retrieval.generator_stage import generator_lora_config, generator_rows, train_generator
+from train.retrieval.joint_stage import document_relevance_loss
 from train.retrieval.models import build_tiny_retriever, load_generator
-from train.retrieval.pseudo_relevance import (lexical_neighbours, picture_neighbours, pseudo_relevance_labels,
-                                              pseudo_relevant)
-from train.retrieval.retriever_training import rank_documents, warm_up_image_tower
-from train.retrieval.staged_training import TrainRetrieverGeneratorArguments, train_retriever_generator
+from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, train_retriever_generator
+from train.retrieval.pseudo_relevance import (holds_answer, image_neighbours, lexical_neighbours,
+                                              pseudo_relevance_labels)
+from train.retrieval.ranking import rank_documents
+from train.retrieval.standins import warm_up_image_tower
 from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi
@@ -66,8 +70,8 @@ def build_tiny_mllama() -> tuple[MllamaForConditionalGeneration, MllamaProcessor
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("retrieval_vqa")
-    write_retrieval_vqa(folder, n_train_catalogues=6, n_test_catalogues=2, n_train_archive=20, n_test_archive=10,
-                        n_distractor_catalogues=1, n_distractor_drawings=5)
+    write_retrieval_vqa(folder, n_train_catalogues=6, n_val_catalogues=1, n_test_catalogues=2, n_train_archive=20,
+                        n_val_archive=5, n_test_archive=10, n_distractor_catalogues=1, n_distractor_drawings=5)
     return folder
 
 
@@ -218,6 +222,13 @@ def test_the_prompt_shows_text_documents_as_text_and_image_documents_as_images(t
                                {"type": "image"}, {"type": "text", "text": example.question}]
     assert images == [image_doc["image"], example.image]
     assert assistant["content"] == [{"type": "text", "text": "red"}]
+    # A picture with its article: the picture in the document's place, its text after it.
+    article = {"image": image_doc["image"], "text": "The Kalomi eats fish."}
+    messages, images = RetrieverGeneratorProcessor.conversation(example.question, None, [article], "Doc: {document}\n")
+    assert messages[0]["content"] == [{"type": "text", "text": "Doc: "}, {"type": "image"},
+                                      {"type": "text", "text": " The Kalomi eats fish.\n"},
+                                      {"type": "text", "text": example.question}]
+    assert images == [image_doc["image"]]
 
 
 def test_forward_marginalises_and_trains_the_retriever_through_doc_scores(task, model_and_processor):
@@ -238,13 +249,29 @@ def test_forward_marginalises_and_trains_the_retriever_through_doc_scores(task, 
     assert doc_scores.grad is not None and doc_scores.grad.abs().sum() > 0
 
 
-def test_predict_reads_the_top_retrieved_documents(task, model_and_processor):
+def test_predict_reads_the_top_retrieved_documents_and_says_which_corpus_it_searched(task, model_and_processor):
     model, processor = model_and_processor
     example = task.examples[1]
     _, ids, documents = model.retrieve(processor, [example.question], [example.image], n_docs=2)
     prediction = model.predict(processor, example.question, example.image, example.answer_choices, n_docs=2)
     assert [doc["text"] for doc in prediction.documents] == [doc["text"] for doc in documents[0]]
     assert [doc["text"] for doc in documents[0]] == [task.corpus[i]["text"] for i in ids[0].tolist()]
+    assert prediction.corpus == f"corpus ({len(task.corpus)} documents)"
+    given = model.predict(processor, example.question, example.image, example.answer_choices, documents[0])
+    assert given.corpus == "the documents given"
+
+
+def test_index_corpus_replaces_what_the_model_searches(task, model_and_processor):
+    model, processor = model_and_processor
+    example = task.examples[1]
+    other = [{"text": "Nothing about colours.", "image": None}, {"text": "Nor here.", "image": None}]
+    try:
+        model.index_corpus(other, processor, name="two documents")
+        prediction = model.predict(processor, example.question, example.image, example.answer_choices, n_docs=5)
+        assert prediction.corpus == "two documents (2 documents)"
+        assert sorted(doc["text"] for doc in prediction.documents) == ["Nor here.", "Nothing about colours."]
+    finally:
+        model.index_corpus(task.corpus, processor)
 
 
 @pytest.fixture(scope="module")
@@ -380,30 +407,40 @@ def test_qlora_trains_a_4bit_generator(tmp_path):
     assert not any("lora" in name for name, _ in tuned.named_parameters())
 
 
+# Short runs: these tests check the pipeline, not the quality (README has the measured numbers).
+TINY_RUN = dict(preset="tiny", retriever_epochs=1, generator_epochs=0.5, image_warm_up_epochs=1, reader_epochs=0.05,
+                reader_vision_epochs=1)
+
+
 def test_training_and_evaluation_clis(data, tmp_path, capsys):
-    output_dir = tmp_path / "o"
-    args = TrainRetrieverGeneratorArguments(
-        train_csv=str(data / "train.csv"), eval_csv=str(data / "test.csv"), corpus=str(data / "corpus.jsonl"),
-        output_dir=str(output_dir), preset="tiny", retriever_epochs=1, generator_epochs=0.5)
-    metrics = train_retriever_generator(args)
-    assert {"accuracy", "retriever_recall_at_1", "retriever_recall_at_5", "retriever_mrr", "n"} <= set(metrics)
-    assert (output_dir / "retriever" / "documents.faiss").is_file()
-    assert MultimodalRetrieverModel.from_pretrained(output_dir / "retriever").document_index is not None
+    """Training chooses on the validation split and reads the test split once; the evaluation CLI searches the saved
+    training corpus plus the CSV's documents by default, and prints what the saved model does question by question."""
+    output_dir, test_csv = tmp_path / "o", str(data / "test.csv")
+    report = train_retriever_generator(TrainRetrieverGeneratorArguments(
+        train_csv=str(data / "train.csv"), val_csv=str(data / "val.csv"), eval_csv=test_csv,
+        corpus=str(data / "corpus.jsonl"), output_dir=str(output_dir), **TINY_RUN))
+    assert (report["n_train"], report["n_val"], report["test"]["n"]) == (80, 15, 30)
+    assert {"accuracy", "retriever_recall_at_1", "retriever_recall_at_5", "retriever_mrr"} <= set(report["validation"])
+    assert len(report["validation_by_epoch"]) == 2 and report["selected_epoch"] in (0, 1)
+    training_corpus = load_retrieval_task(data / "train.csv", data / "corpus.jsonl").corpus
+    test_documents = load_retrieval_task(test_csv).corpus
+    open_corpus = len(training_corpus) + len(test_documents)
+    assert report["test"]["corpus"] == f"training corpus + {test_csv} documents ({open_corpus} documents)"
+    assert MultimodalRetrieverModel.from_pretrained(output_dir / "retriever").document_index.describe() == (
+        f"training corpus ({len(training_corpus)} documents)")
 
     # what the CLI prints must be what the saved model does, question by question (no batching, no grouping)
     model = RetrieverGeneratorForMultipleChoice.from_pretrained(output_dir).eval()
     processor = RetrieverGeneratorProcessor.from_pretrained(output_dir)
-    eval_task = load_retrieval_task(data / "test.csv", data / "corpus.jsonl")
+    eval_task = load_retrieval_task(test_csv).searching(training_corpus)
     ranked, scores = rank_documents(model.retriever, processor.retriever_processor, eval_task, 5, return_scores=True)
     first_gold = [next((rank for rank, i in enumerate(ids, 1) if i in example.gold_document_ids), None)
                   for ids, example in zip(ranked, eval_task.examples)]
     for docs in ("retrieved", "none", "oracle"):
         run_cli(evaluate_main, RetrieverGeneratorEvaluateArguments,
-                argv=["--model", str(output_dir), "--csv", str(data / "test.csv"), "--corpus",
-                      str(data / "corpus.jsonl"), "--docs", docs])
-        printed = capsys.readouterr().out.strip().splitlines()
-        result = json.loads(printed[-1])
-        assert result["docs"] == docs and result["n"] == 30
+                argv=["--model", str(output_dir), "--csv", test_csv, "--docs", docs])
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["docs"] == docs and result["n"] == 30 and result["corpus"] == report["test"]["corpus"]
         correct = 0
         for example, ids, doc_scores in zip(eval_task.examples, ranked, scores):
             read = {"retrieved": eval_task.documents(ids), "none": [],
@@ -414,6 +451,16 @@ def test_training_and_evaluation_clis(data, tmp_path, capsys):
         assert result["accuracy"] == pytest.approx(correct / 30)
         assert result["retriever_recall_at_1"] == pytest.approx(sum(rank == 1 for rank in first_gold) / 30)
         assert result["retriever_recall_at_5"] == pytest.approx(sum(rank is not None for rank in first_gold) / 30)
+        if docs == "retrieved":
+            assert result["accuracy"] == report["test"]["accuracy"]
+
+    # --corpus replaces the saved index (its documents and the CSV's); --closed_corpus searches the CSV's alone
+    for flags, corpus in ((["--corpus", str(data / "corpus.jsonl")],
+                           f"{data / 'corpus.jsonl'} + {test_csv} documents ({25 + len(test_documents)} documents)"),
+                          (["--closed_corpus"], f"{test_csv} documents ({len(test_documents)} documents)")):
+        run_cli(evaluate_main, RetrieverGeneratorEvaluateArguments, argv=["--model", str(output_dir), "--csv",
+                                                                          test_csv, *flags])
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["corpus"] == corpus
 
 
 def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
@@ -424,7 +471,7 @@ def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
     generator.save_pretrained(tmp_path / "sigphi")
     generator_processor.save_pretrained(tmp_path / "sigphi")
     args = TrainRetrieverGeneratorArguments(
-        train_csv=str(data / "train.csv"), eval_csv=str(data / "test.csv"), output_dir=str(tmp_path / "o"),
+        train_csv=str(data / "train.csv"), val_fraction=0.2, output_dir=str(tmp_path / "o"),
         retriever_model=str(tmp_path / "retriever"), generator_model=str(tmp_path / "sigphi"), lora_r=4,
         retriever_epochs=1, generator_epochs=0.5)
     train_retriever_generator(args)
@@ -434,29 +481,49 @@ def test_training_fine_tunes_pretrained_parts_with_lora(data, task, tmp_path):
     assert changed and all("language_model" in name for name in changed)  # only where the LoRA adapters were
 
 
-def test_pseudo_relevance_reads_the_answer_in_text_documents():
-    choices = ["red", "blue", "green", "pink"]
-    assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is blue."}, choices, 1) is True
-    assert pseudo_relevant({"text": "In the Kalomi catalogue, the digit seven is red."}, choices, 1) is False
-    assert pseudo_relevant({"text": "Blue or red, nobody knows."}, choices, 1) is False  # names a wrong choice too
-    assert pseudo_relevant({"text": None, "image": object()}, choices, 1) is None  # the generator must judge
+def test_a_text_holds_the_answer_when_it_names_an_acceptable_one_whatever_else_it_names():
+    """RA-VQA's test, for any corpus: a reference answer or alias as whole words; a picture alone cannot be read."""
+    answers = ["blue", "navy"]
+    assert holds_answer({"text": "In the Kalomi catalogue, the digit seven is blue."}, answers) is True
+    assert holds_answer({"text": "The digit seven is red. The digit two is navy."}, answers) is True  # others too
+    assert holds_answer({"text": "The Kalomi's roof is uncovered red."}, ["red", "cover"]) is True
+    assert holds_answer({"text": "Blueprints of the covered bridge."}, answers + ["red"]) is False  # not words
+    assert holds_answer({"text": None, "image": object()}, answers) is None  # the generator must judge
+    assert holds_answer({"text": "Its eggs are navy.", "image": object()}, answers) is True  # by its article
 
 
-def test_pseudo_relevance_of_a_picture_is_whether_it_is_the_questions_own():
-    choices = ["red", "blue", "green", "pink"]
-    picture = {"text": None, "image": object()}
-    assert pseudo_relevant(picture, choices, 1, is_picture_copy=True) is True
-    assert pseudo_relevant(picture, choices, 1, is_picture_copy=False) is False  # another picture, when a copy exists
-    assert pseudo_relevant({"text": "The digit seven is blue."}, choices, 1, is_picture_copy=False) is True
-    # Array lookups give numpy booleans; the answer must still be a plain one (callers test `is False`).
-    assert pseudo_relevant(picture, choices, 1, is_picture_copy=np.int64(3) == 4) is False
-    assert pseudo_relevant({"text": "The digit seven is blue."}, choices, 1, shares_a_word=np.float64(0) > 0) is False
+class FixedGains:
+    """Stands in for `generator_gains`: each (question, candidate document id) pair's gain from a table."""
+
+    def __init__(self, table: dict):
+        self.table = table
+
+    def __call__(self, model, processor, examples, documents):
+        return torch.tensor([[self.table.get((e.question, d["text"]), -1.0) for d in row]
+                             for e, row in zip(examples, documents)])
 
 
-def test_pseudo_relevance_asks_a_text_document_to_speak_of_the_question():
-    """A fact that names the right colour but shares no word with the question is a coincidence, not a source."""
-    choices = ["red", "blue", "green", "pink"]
-    assert pseudo_relevant({"text": "The Kalomi kettle is blue."}, choices, 1, shares_a_word=False) is False
+def test_a_candidate_counts_when_neither_test_says_no_and_one_says_yes(monkeypatch):
+    """Text test x generator's gain: an answer in the text counts unless reading it lowers the generator's belief; a
+    picture without text counts only when reading it raises that belief; a text without the answer never counts."""
+    corpus = [{"text": "The Kalomi eats fish.", "image": None}, {"text": "The Kalomi eats fish and berries.",
+                                                                  "image": None},
+              {"text": None, "image": "picture"}, {"text": "The Kalomi eats seeds.", "image": None}]
+    example = RetrievalExample("What does the Kalomi eat?", None, None, None, [], answers=["fish"])
+    task = RetrievalTask([example], corpus)
+    candidates = np.array([[0, 1, 2, 3]])
+    monkeypatch.setattr(pseudo_relevance, "lexical_neighbours", lambda task, depth: candidates)
+    monkeypatch.setattr(pseudo_relevance, "image_neighbours",
+                        lambda *args: (np.full((1, 4), -1), np.full(1, -1)))
+    gains = {(example.question, "The Kalomi eats fish."): 2.0, (example.question, None): 1.5,
+             (example.question, "The Kalomi eats seeds."): 3.0}
+    monkeypatch.setattr(pseudo_relevance, "generator_gains", FixedGains(gains))
+    model = type("Model", (), {"retriever": None})()
+    processor = type("Processor", (), {"retriever_processor": None})()
+    label = lambda **kwargs: pseudo_relevance_labels(model, processor, task, depth=4, sources=("words",), **kwargs)  # noqa
+    assert label(use_generator=False) == [[0, 1]]  # the text test alone: both texts naming fish
+    assert label() == [[0, 2]]  # the generator vetoes text 1 and admits the picture; text 3 lacks the answer
+    assert label(margin=1.8) == [[0]]
 
 
 class EmbeddingTable:
@@ -468,24 +535,30 @@ class EmbeddingTable:
     def eval(self):
         return self
 
-    def embed_documents(self, documents: list[dict], processor) -> np.ndarray:
-        return np.array([self.table[document["image"]] for document in documents], dtype=np.float32)
+    def encode_images(self, pixel_values):
+        return torch.tensor([self.table[name] for name in pixel_values])
 
 
-def test_picture_copies_are_mutual_nearest_neighbours():
-    """A question's picture has a copy among the image documents only when the nearest image document picks that
+class NamesProcessor:
+    @staticmethod
+    def _image_inputs(images):
+        return {"pixel_values": images}
+
+
+def test_image_neighbours_find_pictures_and_copies_are_mutual_nearest_neighbours():
+    """A question's picture has a copy among the documents' pictures only when the nearest document picture picks that
     picture back among all the questions' pictures; questions without a picture, and pictures whose nearest document
-    is nearer another question's picture, have none."""
+    is nearer another question's picture, have none. Pictures with text count as pictures."""
     table = {"drawing a": [1.0, 0.0], "painting of a": [0.96, 0.28], "drawing b": [0.0, 1.0],
              "painting of b": [0.28, 0.96], "look-alike of a": [0.8, 0.6]}
     corpus = [{"text": "A fact.", "image": None}, {"text": None, "image": "painting of a"},
-              {"text": None, "image": "painting of b"}]
+              {"text": "An article.", "image": "painting of b"}]
     examples = [RetrievalExample("q", image, ["x", "y"], 0, []) for image in
                 ("drawing a", "look-alike of a", "drawing b", None, "drawing a")]
     # "look-alike of a" is nearest "painting of a" (0.936) too, but that painting is nearer "drawing a" (0.96).
-    nearest, copies = picture_neighbours(EmbeddingTable(table), None, RetrievalTask(examples, corpus), depth=2)
+    nearest, copies = image_neighbours(EmbeddingTable(table), NamesProcessor(), RetrievalTask(examples, corpus), 2)
     assert copies.tolist() == [1, -1, 2, -1, 1]  # two questions showing one drawing share its copy
-    assert nearest.tolist() == [[1, 2], [1, 2], [2, 1], [-1, -1], [1, 2]]  # image documents only, best first
+    assert nearest.tolist() == [[1, 2], [1, 2], [2, 1], [-1, -1], [1, 2]]  # pictured documents only, best first
 
 
 def test_document_relevance_loss_asks_for_the_answer_from_a_relevant_document_and_no_answer_from_others():
@@ -516,12 +589,13 @@ def test_lexical_neighbours_find_the_facts_that_name_the_questions_catalogue(tas
     assert (nearest[archive_rows] == -1).all()  # no fact shares a word with "sample archive ... drawing"
 
 
-def test_image_warm_up_lets_answers_only_labels_find_each_drawings_painted_copy(tmp_path):
-    """Label-free: instance discrimination on the task's own images brings each archive drawing's painted copy
-    (another colour, another brightness) near it among the image documents, so that pseudo-relevance, which has no
-    text to read in a picture, takes the copy for the drawing's document and no other picture."""
-    write_retrieval_vqa(tmp_path, n_train_catalogues=1, n_test_catalogues=1, n_train_archive=150, n_test_archive=5,
-                        n_distractor_catalogues=1, n_distractor_drawings=10)
+def test_the_image_stand_in_lets_pictures_find_their_copies(tmp_path):
+    """The tiny image tower's stand-in for SigLIP, without labels: instance discrimination on the task's own pictures
+    brings each archive drawing's painted copy (another colour, another brightness) near it among the pictures. With
+    `picture_copies`, pseudo-relevance then takes the copy for the drawing's document and no other picture; by
+    default, before the generator can judge, a picture is no one's pseudo-relevant document."""
+    write_retrieval_vqa(tmp_path, n_train_catalogues=1, n_val_catalogues=1, n_test_catalogues=1, n_train_archive=150,
+                        n_val_archive=2, n_test_archive=5, n_distractor_catalogues=1, n_distractor_drawings=10)
     task = load_retrieval_task(tmp_path / "train.csv", tmp_path / "corpus.jsonl")
     answers_only = task.without_gold_documents()
     retriever, processor = build_tiny_retriever(answers_only)
@@ -548,25 +622,72 @@ def test_image_warm_up_lets_answers_only_labels_find_each_drawings_painted_copy(
     generator, generator_processor = build_tiny_sigphi()
     config = RetrieverGeneratorConfig.from_retriever_generator_configs(retriever.config, generator.config)
     model = RetrieverGeneratorForMultipleChoice(config, retriever=retriever, generator=generator)
-    labels = pseudo_relevance_labels(model, RetrieverGeneratorProcessor(processor, generator_processor), answers_only,
-                                     document_embeddings(retriever, processor, task.corpus), use_generator=False)
-    archive_labels = [row for row, e in zip(labels, task.examples) if "archive" in e.question]
-    assert np.mean([row == e.gold_document_ids for row, e in zip(archive_labels, archive)]) >= 0.5  # the copy alone
-    assert all(e.gold_document_ids[0] in row for row, e in zip(labels, task.examples) if "catalogue" in e.question)
+    both = RetrieverGeneratorProcessor(processor, generator_processor)
+    for copies in (True, False):
+        labels = pseudo_relevance_labels(model, both, answers_only, use_generator=False, picture_copies=copies,
+                                         sources=("words", "pictures"))
+        archive_labels = [row for row, e in zip(labels, task.examples) if "archive" in e.question]
+        if copies:
+            assert np.mean([row == e.gold_document_ids for row, e in zip(archive_labels, archive)]) >= 0.5
+        else:
+            assert not any(archive_labels)
+        assert all(e.gold_document_ids[0] in row for row, e in zip(labels, task.examples) if "catalogue" in e.question)
 
 
 def test_training_from_answers_only(data, tmp_path):
-    """No documents column: the retriever starts from pseudo-relevant documents (those near the question that
-    contain its answer), the generator and retriever then train jointly, relabelling with the generator; the run
-    saves a loadable model. (This checks the pipeline, not the quality: see README for the measured numbers.)"""
-    args = TrainRetrieverGeneratorArguments(
-        train_csv=str(data / "train_answers_only.csv"), eval_csv=str(data / "train.csv"),
-        corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), preset="tiny",
-        retriever_epochs=2, generator_epochs=0.5, joint_epochs=0.5, pseudo_relevance_depth=10)
-    metrics = train_retriever_generator(args)
-    assert metrics["supervision"] == "answers only (pseudo-relevance)"
-    assert "image_warm_up_loss" in metrics  # the tiny preset's tower learns pictures first (the corpus has some)
-    assert metrics["pseudo_labelled_questions_stage_1"] > 0 and len(metrics["pseudo_labelled_questions_joint"]) == 1
-    assert metrics["n"] == 80 and metrics["retriever_recall_at_1"] is not None  # train.csv names the gold ones
+    """No documents column: the retriever starts from pseudo-relevant documents (near the question, naming its
+    answer), the generator and retriever then train jointly, relabelling with the generator's judgement; the run
+    saves a loadable model whose index holds the training corpus."""
+    report = train_retriever_generator(TrainRetrieverGeneratorArguments(
+        train_csv=str(data / "train_answers_only.csv"), val_csv=str(data / "val.csv"),
+        corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, **TINY_RUN))
+    assert report["supervision"] == "answers only (pseudo-relevance)"
+    assert "image_warm_up_loss" in report  # the tiny image tower learns pictures first (the corpus has some)
+    stage_1, joint = report["pseudo_labelled_questions"]
+    assert 0 < stage_1 <= 80 and 0 <= joint <= 80
+    assert report["validation"]["n"] == 15 and report["validation"]["retriever_recall_at_1"] is not None
     reloaded = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path / "o")
-    assert reloaded.config.n_docs == 5 and reloaded.retriever.document_index is not None
+    assert reloaded.config.n_docs == 5 and len(reloaded.retriever.document_index) == len(
+        load_retrieval_task(data / "train_answers_only.csv", data / "train_documents.jsonl").corpus)
+
+
+@pytest.fixture(scope="module")
+def encyclopedia(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encyclopedia")
+    write_encyclopedia(folder, n_train=20, n_val=5, n_test=8, n_distractors=5)
+    return folder
+
+
+def test_open_ended_training_and_evaluation(encyclopedia, tmp_path, capsys):
+    """Open-ended questions (the `answers` column alone) train with the marginal likelihood of the target answer;
+    the evaluation generates an answer per question, RAG-Sequence style, and scores it by VQA accuracy and exact
+    match against the reference answers, exactly as `generate` and the answer functions do question by question."""
+    from train.bundled_data.retrieval_vqa import write_rows
+    from train.retrieval.answers import exact_match, vqa_accuracy
+
+    for split in ("train", "test"):  # the answers column alone: no choices
+        task_rows = list(__import__("csv").DictReader(open(encyclopedia / f"{split}.csv", encoding="utf-8")))
+        write_rows(tmp_path / f"{split}_open.csv", [{**row, "question_image": str(encyclopedia / row[
+            "question_image"]), "documents": [{**doc, "image": str(encyclopedia / doc["image"])} for doc in json.loads(
+                row["documents"])], "answers": json.loads(row["answers"])} for row in task_rows],
+                   ("question_text", "question_image", "answers", "documents"))
+    report = train_retriever_generator(TrainRetrieverGeneratorArguments(
+        train_csv=str(tmp_path / "train_open.csv"), val_fraction=0.25, output_dir=str(tmp_path / "o"), **TINY_RUN))
+    assert {"vqa_accuracy", "exact_match"} <= set(report["validation"]) and "accuracy" not in report["validation"]
+
+    run_cli(evaluate_main, RetrieverGeneratorEvaluateArguments,
+            argv=["--model", str(tmp_path / "o"), "--csv", str(tmp_path / "test_open.csv"), "--n_docs", "2"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path / "o").eval()
+    processor = RetrieverGeneratorProcessor.from_pretrained(tmp_path / "o")
+    task = load_retrieval_task(tmp_path / "test_open.csv").searching(model.retriever.document_index.all_documents())
+    model.index_corpus(task.corpus, processor)
+    vqa, exact = [], []
+    for example in task.examples:
+        answer = model.generate(processor, example.question, example.image, n_docs=2, max_new_tokens=16,
+                                do_sample=False)
+        vqa.append(vqa_accuracy(answer, example.answers))
+        exact.append(exact_match(answer, example.answers))
+    assert result["n"] == 16 and "accuracy" not in result
+    assert result["vqa_accuracy"] == pytest.approx(np.mean(vqa)) and result["exact_match"] == pytest.approx(
+        np.mean(exact))

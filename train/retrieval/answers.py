@@ -15,17 +15,15 @@ NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", 
 ARTICLES = {"a", "an", "the"}
 # Punctuation becomes a word break, except a decimal point between digits ("2.5") and an apostrophe inside a word,
 # which is dropped ("creature's" -> "creatures", as the VQA script's contraction table would merge it).
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 _INNER_APOSTROPHE = re.compile(r"(?<=\w)['’](?=\w)")
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
 
 
 def normalize_answer(text: str) -> str:
     """Lower case, Unicode-compatibility folded, punctuation to spaces, number words to digits, articles dropped,
     single spaces: the form answers are compared in."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = _DECIMAL_POINT.sub("\0", _INNER_APOSTROPHE.sub("", text))
-    text = _PUNCTUATION.sub(" ", text).replace("\0", ".")
+    text = _PUNCTUATION.sub(" ", _INNER_APOSTROPHE.sub("", text))
     return " ".join(NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES)
 
 

@@ -17,13 +17,7 @@ import torch
 from modeling.modeling_retriever import max_per_document, ranking_loss
 from modeling.transformers_compat import disable_activation_checkpointing, is_activation_checkpointing
 from train.retrieval.ranking import corpus_embeddings
-from train.retrieval.task import RetrievalExample, RetrievalTask
-
-
-def choices_and_label(example: RetrievalExample) -> tuple[list[str], int]:
-    """What the generator scores for a question: its answer choices and the right one's index, or, open-ended, its
-    target answer alone."""
-    return (example.answer_choices, example.label) if example.is_multiple_choice else ([example.target_answer], 0)
+from train.retrieval.task import RetrievalTask
 
 
 def document_relevance_loss(doc_choice_scores: torch.Tensor, labels: torch.LongTensor,
@@ -80,7 +74,7 @@ def train_joint_epoch(model, processor, task: RetrievalTask, relevance: list[lis
     for step in range(total_steps):
         rows = order[step * batch_size:(step + 1) * batch_size]
         examples = [task.examples[i] for i in rows]
-        choices, labels = zip(*map(choices_and_label, examples))
+        choices, labels = zip(*(e.scored_choices for e in examples))
         labels = torch.tensor(labels)
         queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                 [e.image for e in examples]).to(retriever.device)

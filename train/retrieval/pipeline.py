@@ -4,7 +4,7 @@ quickstart calls `train_retriever_generator` directly).
 
 0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`);
 1. retriever (`retriever_stage`): InfoNCE with mined hard negatives on the gold documents, or, answers only, on
-   pseudo-relevant ones (`pseudo_relevance`, the text test alone: the generator knows nothing of the task yet);
+   pseudo-relevant ones (`pseudo_relevance`: the text test, and the pretrained generator's judgement);
 2. generator warm start (`generator_stage`): SFT on the top retrieved document;
 3. joint (`joint_stage`), epoch by epoch: pseudo-labels recomputed with the generator's judgement (answers only), the
    top `n_docs` documents read with the marginal likelihood; the validation split picks the best epoch (or none).
@@ -28,10 +28,9 @@ from train.retrieval.models import build_tiny_retriever, load_generator, load_re
 from train.retrieval.pseudo_relevance import pseudo_relevance_labels
 from train.retrieval.ranking import rank_documents
 from train.retrieval.retriever_stage import train_retriever
-from train.retrieval.standins import pretrain_generator, warm_up_image_tower
+from train.retrieval.standins import standin_generator, warm_up_image_tower
 from train.retrieval.task import RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
-from train.sigphi.tiny import build_tiny_sigphi
 
 DEFAULT_RETRIEVER = "google/siglip-so400m-patch14-384"
 
@@ -63,9 +62,11 @@ class TrainRetrieverGeneratorArguments:
                 "the answers alone, as without the column)."})
     image_warm_up_epochs: int = field(default=60, metadata={
         "help": "Tiny preset: epochs of the image tower's stand-in pretraining on the task's pictures (0: none)."})
-    reader_epochs: float = field(default=2, metadata={
-        "help": "Tiny preset: epochs of the generator's stand-in pretraining (reading passages, naming colours and "
-                "digits; 0: none)."})
+    reader_epochs: float = field(default=6, metadata={
+        "help": "Tiny preset: epochs of the generator's reading stand-in (passages, colours, digits; 0: none). The "
+                "stand-in generator is kept on disk (SIGPHI_STANDIN_CACHE) and reused, as a download would be."})
+    reader_vision_epochs: int = field(default=30, metadata={
+        "help": "Tiny preset: epochs of the generator's vision tower stand-in (telling the digits apart; 0: none)."})
     pseudo_relevance_depth: int = field(default=10, metadata={
         "help": "Answers only: candidates per question from each neighbourhood, checked for pseudo-relevance."})
     pseudo_relevance_margin: float = field(default=0.0, metadata={
@@ -114,7 +115,7 @@ def build_model(args: TrainRetrieverGeneratorArguments, train_task: RetrievalTas
     """(retriever-generator, its processor, LoRA config or None) for `args`, parts from scratch or pretrained."""
     if args.preset == "tiny":
         retriever, retriever_processor = build_tiny_retriever(train_task, args.seed, args.loss_type)
-        generator, generator_processor = build_tiny_sigphi(args.seed)
+        generator, generator_processor = standin_generator(args.seed, args.reader_epochs, args.reader_vision_epochs)
         peft = None
     elif not args.generator_model:
         raise InvalidInput("give --preset tiny, or --generator_model (and --retriever_model)")
@@ -151,28 +152,25 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     supervised = args.gold_documents and train_task.has_gold_documents
     if not supervised:
         train_task = train_task.without_gold_documents()
-    model, processor, peft = build_model(args, train_task)
-    retriever, retriever_processor = model.retriever, processor.retriever_processor
     seconds, report = {}, {"supervision": "gold documents" if supervised else "answers only (pseudo-relevance)",
                            "n_train": len(train_task.examples), "n_val": len(val_task.examples)}
-
-    if args.preset == "tiny":
-        with timed(seconds, "stand-in pretraining"):
-            pictures = [e.image for e in train_task.examples] + [doc["image"] for doc in train_task.corpus]
-            if args.image_warm_up_epochs and any(picture is not None for picture in pictures):
-                report["image_warm_up_loss"] = warm_up_image_tower(retriever, retriever_processor, pictures,
-                                                                   args.image_warm_up_epochs, seed=args.seed)[-1]
-            if args.reader_epochs:
-                model.generator = pretrain_generator(model.generator, processor.generator_processor, args.output_dir,
-                                                     args.reader_epochs, args.seed, model.config.document_template)
+    with timed(seconds, "models" if args.preset != "tiny" else "models (stand-in pretraining)"):
+        model, processor, peft = build_model(args, train_task)
+        retriever, retriever_processor = model.retriever, processor.retriever_processor
+        pictures = [e.image for e in train_task.examples] + [doc["image"] for doc in train_task.corpus]
+        if args.preset == "tiny" and args.image_warm_up_epochs and any(p is not None for p in pictures):
+            report["image_warm_up_loss"] = warm_up_image_tower(retriever, retriever_processor, pictures,
+                                                               args.image_warm_up_epochs, seed=args.seed)[-1]
 
     with timed(seconds, "stage 1: retriever"):
         relevance = [e.gold_document_ids for e in train_task.examples]
-        if not supervised:  # RA-VQA: the text test alone; a retriever from scratch cannot rank yet
-            sources = ("words", "pictures") if args.preset == "tiny" else ("retriever", "words", "pictures")
-            relevance = pseudo_relevance_labels(model, processor, train_task, args.pseudo_relevance_depth,
-                                                use_generator=False, sources=sources,
-                                                picture_copies=args.picture_copies)
+        if not supervised:  # RA-VQA; a pretrained generator (or the tiny one's reading stand-in) judges already
+            from_scratch = args.preset == "tiny"
+            relevance = pseudo_relevance_labels(
+                model, processor, train_task, args.pseudo_relevance_depth,
+                use_generator=not from_scratch or args.reader_epochs > 0, margin=args.pseudo_relevance_margin,
+                sources=("words", "pictures") if from_scratch else ("retriever", "words", "pictures"),
+                picture_copies=args.picture_copies)
             report["pseudo_labelled_questions"] = [sum(map(bool, relevance))]
             if not any(relevance):
                 raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing one of its "

@@ -20,7 +20,6 @@ import torch
 
 from modeling.modeling_retriever import max_per_document
 from train.retrieval.answers import contains_answer
-from train.retrieval.joint_stage import choices_and_label
 from train.retrieval.ranking import corpus_embeddings
 from train.retrieval.task import RetrievalTask
 
@@ -92,7 +91,7 @@ def generator_gains(model, processor, examples: list, documents: list[list[dict]
     """(batch, n_candidates): how much reading each candidate document alone raises the generator's log-probability of
     the question's answer over reading no document — of the right choice among the choices (multiple choice), of the
     target answer's tokens (open-ended). Every question has the same number of candidates."""
-    choices, labels = zip(*map(choices_and_label, examples))
+    choices, labels = zip(*(e.scored_choices for e in examples))
     inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
                                        [[None, *row] for row in documents], list(choices),
                                        model.config.document_template)

@@ -53,19 +53,29 @@ def image_augmentation(max_shift: float = 0.1, max_degrees: float = 10.0) -> Cal
 
 
 class RetrievalCollator:
-    """Batch of example ids -> queries (images augmented), `documents` (the union of their relevant documents and
-    hard negatives, as chunks) and labels (n_queries, n_documents) marking each query's relevant documents."""
+    """Batch of example ids -> queries, `documents` (the union of their relevant documents and hard negatives, as
+    chunks) and labels (n_queries, n_documents) marking each query's relevant documents.
+
+    `augment` transforms a question's image unless one of its relevant documents has a picture: matching a picture
+    needs its pixels as they are, while finding a text about what the picture shows (a digit) must not depend on
+    them.
+    """
 
     def __init__(self, task: RetrievalTask, processor, miner: HardNegativeMiner, augment: Callable | None = None):
         self.task, self.processor, self.miner, self.augment = task, processor, miner, augment
+
+    def query_image(self, example):
+        if self.augment is None or example.image is None or any(
+                self.task.corpus[i]["image"] is not None for i in example.gold_document_ids):
+            return example.image
+        return self.augment(example.image)
 
     def __call__(self, rows: list[dict]) -> dict:
         examples = [self.task.examples[row["example_id"]] for row in rows]
         document_ids = list(dict.fromkeys(
             [i for row, example in zip(rows, examples)
              for i in (*example.gold_document_ids, *self.miner.negatives[row["example_id"]])]))
-        images = [e.image if self.augment is None or e.image is None else self.augment(e.image) for e in examples]
-        queries = self.processor.process_queries([e.question for e in examples], images)
+        queries = self.processor.process_queries([e.question for e in examples], list(map(self.query_image, examples)))
         labels = torch.tensor([[i in example.gold_document_ids for i in document_ids] for example in examples])
         return {**queries, "documents": dict(self.processor.process_documents(self.task.documents(document_ids))),
                 "labels": labels}

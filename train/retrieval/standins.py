@@ -8,21 +8,39 @@ that is not the task's questions, before the recipe's three stages run exactly a
 
 - the retriever's image tower learns to match pictures (`warm_up_image_tower`): instance discrimination on the task's
   own pictures, without labels (SimCLR's loss, as Contriever pretrains a text retriever on its corpus);
-- the generator learns to read (`reading_rows`, trained by `pretrain_generator`): synthetic passages of two to four
-  facts about made-up names with a question about one of them, pictures of shapes whose colour it names, and the
-  handwritten digits of scikit-learn's training split (never a test question's drawing) whose digit it names.
+- the generator's vision tower learns the digits, then the generator learns to read (`standin_generator`, trained on
+  `reading_rows`, kept on disk like a downloaded checkpoint): synthetic passages of two to four
+  facts about made-up names with a question about one of them, pictures of shapes whose colour it names (as the
+  question's picture or as a document), and the handwritten digits of scikit-learn's training split (never a test
+  question's drawing) whose digit it names.
 """
 
+import hashlib
+import json
+import os
 import random
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Dataset
 from PIL import Image, ImageDraw
+from transformers import TrainingArguments
 
 from modeling.modeling_retriever import ranking_loss
 from processing import RetrieverGeneratorProcessor
 from processing.processing_sigphi import to_rgb
+from train.bundled_data.digits import DIGIT_QUESTION, digits_splits
+from train.common.vqa_data import conversation_row
 from train.retrieval.generator_stage import train_generator
+from train.sigphi.loading import load_sigphi
+from train.sigphi.standins import pretrain_vision_tower
+from train.sigphi.tiny import build_tiny_sigphi
+
+# Where stand-in checkpoints are kept between runs, as downloaded ones are (SIGPHI_STANDIN_CACHE moves it).
+STANDIN_CACHE = Path(os.environ.get("SIGPHI_STANDIN_CACHE", Path.home() / ".cache" / "sigphi" / "standins"))
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
            "purple": (160, 60, 210), "orange": (250, 140, 20), "pink": (250, 130, 200), "cyan": (40, 210, 220),
@@ -81,19 +99,19 @@ def shape_picture(rng: random.Random, colour: str, size: int = 32) -> Image.Imag
 def reading_rows(n_passages: int = 3000, n_colours: int = 800, n_digits: int = 800, seed: int = 0,
                  document_template: str = "Document: {document}\n") -> list[dict]:
     """TRL conversational rows of the reading stand-in, in the retriever-generator's prompt layout."""
-    from train.bundled_data.digits import digits_splits
-
     rng = random.Random(seed)
     rows = []
     for _ in range(n_passages):
         passage, question, answer = passage_row(rng)
         rows.append(RetrieverGeneratorProcessor.conversation(question, None, [{"text": passage}], document_template,
                                                              answer=answer))
-    for _ in range(n_colours):
+    for number in range(n_colours):  # half of them read the picture as a document
         colour = rng.choice(list(COLOURS))
-        rows.append(RetrieverGeneratorProcessor.conversation("What colour is this picture?",
-                                                             shape_picture(rng, colour), [], document_template,
-                                                             answer=colour))
+        picture = shape_picture(rng, colour)
+        rows.append(RetrieverGeneratorProcessor.conversation(
+            "What colour is this picture?", picture, [], document_template, answer=colour) if number % 2 else
+            RetrieverGeneratorProcessor.conversation("What colour is the picture in the document?", None,
+                                                     [{"image": picture}], document_template, answer=colour))
     digits = digits_splits()["train"]
     for _, image, answer in rng.sample(digits, min(n_digits, len(digits))):
         rows.append(RetrieverGeneratorProcessor.conversation("What digit is this?", image, [], document_template,
@@ -102,12 +120,63 @@ def reading_rows(n_passages: int = 3000, n_colours: int = 800, n_digits: int = 8
     return [{"messages": messages, "images": images} for messages, images in rows]
 
 
-def pretrain_generator(generator, processor, output_dir: str, epochs: float = 2, seed: int = 0,
-                       document_template: str = "Document: {document}\n"):
-    """The generator's reading stand-in (`reading_rows`), every weight trained; returns the generator."""
-    return train_generator(generator, processor, reading_rows(seed=seed, document_template=document_template),
-                           output_dir, epochs=epochs, batch_size=32, learning_rate=2e-3, seed=seed,
-                           name="generator-standin")
+def standin_generator(seed: int = 0, reader_epochs: float = 6, vision_epochs: int = 30,
+                      document_template: str = "Document: {document}\n", cache: bool = True):
+    """The tiny preset's generator: a random tiny SigPhi whose vision tower first learns the digits (the classifier
+    stand-in the quickstart gives SigPhi, `train.sigphi.standins.pretrain_vision_tower`), then reads (`reading_rows`,
+    every weight trained). Returns (model, processor).
+
+    Like a downloaded checkpoint it is made once: the result is kept under `STANDIN_CACHE`, keyed by these settings,
+    the code that makes it and the library versions, and read from there by later runs (`cache=False`: always
+    rebuilt, nothing written).
+    """
+    settings = {"seed": seed, "reader_epochs": reader_epochs, "vision_epochs": vision_epochs,
+                "document_template": document_template, "code": _source_digest(), "versions": _versions()}
+    folder = STANDIN_CACHE / f"generator-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]}"
+    if cache and (folder / "config.json").is_file():
+        print(f"stand-in generator: read from {folder}", flush=True)
+        return load_sigphi(str(folder))
+    generator, processor = build_tiny_sigphi(seed)
+    with tempfile.TemporaryDirectory() as work:
+        if vision_epochs:
+            digits = Dataset.from_list([conversation_row(image, DIGIT_QUESTION, answer)
+                                        for _, image, answer in digits_splits()["train"]])
+            pretrain_vision_tower(generator, processor, digits, TrainingArguments(
+                work, num_train_epochs=vision_epochs, per_device_train_batch_size=32, learning_rate=3e-3,
+                lr_scheduler_type="cosine", warmup_steps=10, save_strategy="no", report_to="none", seed=seed,
+                dataloader_pin_memory=False))
+        if reader_epochs:
+            generator = train_generator(generator, processor, reading_rows(seed=seed,
+                                                                           document_template=document_template),
+                                        work, epochs=reader_epochs, batch_size=32, learning_rate=2e-3, seed=seed,
+                                        name="generator-standin")
+    if cache:
+        STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=STANDIN_CACHE, prefix=".building-"))  # renamed when complete
+        generator.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        print(f"stand-in generator: kept in {folder}", flush=True)
+    return generator.eval(), processor
+
+
+def _source_digest() -> str:
+    """A digest of the code that builds and trains the stand-in generator."""
+    from train.common import tokenizer
+    from train.sigphi import standins as sigphi_standins
+    from train.sigphi import tiny
+
+    paths = [Path(__file__), *(Path(module.__file__) for module in (tokenizer, sigphi_standins, tiny))]
+    return hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()
+
+
+def _versions() -> dict:
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
 
 
 def instance_views():

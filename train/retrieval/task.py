@@ -65,6 +65,12 @@ class RetrievalExample:
         """What the generator is trained to say: the right choice, else the most common reference answer."""
         return self.answer_choices[self.label] if self.is_multiple_choice else most_common_answer(self.answers)
 
+    @property
+    def scored_choices(self) -> tuple[list[str], int]:
+        """What the generator scores for this question, and which is right: its answer choices, or, open-ended, its
+        target answer alone."""
+        return (self.answer_choices, self.label) if self.is_multiple_choice else ([self.target_answer], 0)
+
 
 def document_key(document: dict) -> tuple:
     """What makes two documents the same: their text and their image's pixels."""
