@@ -26,8 +26,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 REAL_VISION_MODEL = "vit_so400m_patch14_siglip_384.webli"
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 TRAINING_COMMAND = re.compile(r"^\s*(python -m train\.(align|sft)|trl sft)\b")
-RETRIEVER_GENERATOR_SIZES = ("--retriever_epochs 0.05 --generator_epochs 0.05 --joint_epochs 0.02 --image_warm_up_epochs 1 "
-                             "--reader_epochs 0.02 --reader_vision_epochs 1")
+RETRIEVER_GENERATOR_SIZES = ("--retriever_epochs 0.05 --generator_epochs 0.05 --joint_epochs 0.02 "
+                             "--image_warm_up_epochs 1 --reader_epochs 0.02 --reader_vision_epochs 1")
 
 # A distinctive piece of each block that is not run -> why not (and what covers it instead).
 NOT_RUN = {

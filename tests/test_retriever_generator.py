@@ -168,7 +168,6 @@ def test_length_normalisation_divides_by_the_number_of_answer_tokens(task, model
     choices = ["red", "a very long answer about yellow"]
     summed, normalised = (model.predict(processor, example.question, example.image, choices, documents[:1],
                                         length_normalize=flag) for flag in (False, True))
-    tokenizer = getattr(processor.generator_processor, "tokenizer", processor.generator_processor)
     messages = processor.conversation(example.question, example.image, documents[:1], TEMPLATE)[0]
     prompt = processor.generator_processor.apply_chat_template(messages, add_generation_prompt=True)
     counts = torch.tensor([len(ids) for ids in processor._choice_token_ids(prompt, choices, messages)])

@@ -346,3 +346,35 @@ def test_a_dual_encoder_retriever_saves_and_reloads_in_a_hub_users_process(kind,
     torch.testing.assert_close(torch.tensor(report["scores"]), scores, atol=1e-5, rtol=1e-5)
     assert isinstance(MultimodalRetrieverProcessor.from_pretrained(tmp_path / "retriever"),
                       MultimodalRetrieverProcessor)
+
+
+def test_siglip2s_image_inputs_reach_its_towers(tmp_path):
+    """SigLIP 2's image processor gives patches with `pixel_attention_mask` and `spatial_shapes`; queries and
+    documents carry them to its `get_image_features`. (Its Gemma tokenizer cannot be built here without its
+    vocabulary, so the texts go through the locally built one.)"""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    tokenizer = build_byte_level_tokenizer(image_token=None)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, patch_size=8,
+                  num_patches=16)
+    torch.manual_seed(0)
+    siglip2 = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).eval()
+    siglip2.save_pretrained(tmp_path)
+    model = MultimodalRetrieverModel.from_dual_encoder(str(tmp_path)).eval()
+    processor = MultimodalRetrieverProcessor(Siglip2ImageProcessor(patch_size=8, max_num_patches=16), tokenizer,
+                                             max_length=16, pad_to_max_length=True)
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 50, 3), dtype=np.uint8))
+    queries = processor.process_queries(["a wide picture"], [wide])
+    assert {"pixel_attention_mask", "spatial_shapes"} <= set(queries)
+    with torch.no_grad():
+        expected = siglip2.get_image_features(pixel_values=queries["pixel_values"],
+                                              pixel_attention_mask=queries["pixel_attention_mask"],
+                                              spatial_shapes=queries["spatial_shapes"])
+        torch.testing.assert_close(model.encode_images(**{k: queries[k] for k in (
+            "pixel_values", "pixel_attention_mask", "spatial_shapes")}), F.normalize(features(expected), dim=-1))
+        model.build_document_index([{"text": "A passage.", "image": None}, {"text": "Its article.", "image": wide}],
+                                   processor)
+    _, ids = model.retrieve(model.embed_queries(["a wide picture"], [wide], processor), 2)
+    assert sorted(ids[0].tolist()) == [0, 1]

@@ -51,8 +51,8 @@ THINGS = ("kettle", "boat", "lamp", "kite", "door", "hat")
 # kind -> (fact templates, question template, values) of the reading stand-in: {name} is a made-up name, {value} the
 # answer, {thing} one of THINGS.
 FACTS = {
-    "colour": (["{name}'s {thing} is {value}.", "The {thing} of {name} is {value}."], "What colour is {name}'s {thing}?",
-               list(COLOURS)),
+    "colour": (["{name}'s {thing} is {value}.", "The {thing} of {name} is {value}."],
+               "What colour is {name}'s {thing}?", list(COLOURS)),
     "food": (["{name} eats {value}.", "{name} feeds on {value}."], "What does {name} eat?",
              ["berries", "fish", "seeds", "grass", "nuts", "honey", "insects", "leaves", "roots", "worms", "mice"]),
     "home": (["{name} lives in {value}.", "{name} makes its home in {value}."], "Where does {name} live?",

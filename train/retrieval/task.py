@@ -147,8 +147,8 @@ class _CorpusBuilder:
             item = {"text": item}
         if (not isinstance(item, dict) or not item or not set(item) <= {"text", "image"}
                 or not all(isinstance(value, str) and value.strip() for value in item.values())):
-            raise InvalidInput(f'{where}: a document must be a non-empty string, {{"text": "..."}}, '
-                               f'{{"image": "path"}} or {{"image": "path", "text": "..."}}, got {json.dumps(item)[:80]}')
+            raise InvalidInput(f'{where}: a document must be a non-empty string, {{"text": "..."}}, {{"image": '
+                               f'"path"}} or {{"image": "path", "text": "..."}}, got {json.dumps(item)[:80]}')
         text, image_path = item.get("text"), item.get("image")
         key = (text, str((base / image_path).resolve()) if image_path else None)
         if key not in self._ids:
