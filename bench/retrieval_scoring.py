@@ -109,8 +109,8 @@ def run(n_questions: int = 16, repeats: int = 3) -> dict:
     from train.retrieval.task import load_retrieval_task
 
     with tempfile.TemporaryDirectory() as folder:
-        write_retrieval_vqa(folder, n_train_catalogues=4, n_test_catalogues=1, n_train_archive=20, n_test_archive=5,
-                            n_distractor_catalogues=1, n_distractor_drawings=5)
+        write_retrieval_vqa(folder, n_train_catalogues=4, n_val_catalogues=1, n_test_catalogues=1, n_train_archive=20,
+                            n_val_archive=2, n_test_archive=5, n_distractor_catalogues=1, n_distractor_drawings=5)
         task = load_retrieval_task(f"{folder}/train.csv", f"{folder}/corpus.jsonl")
         results = {"n_questions": n_questions, "n_docs": N_DOCS, "n_choices": N_CHOICES, "repeats": repeats,
                    "by_threads": {}}

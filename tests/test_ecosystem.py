@@ -175,8 +175,8 @@ def retriever_generator(tmp_path_factory):
     from train.sigphi.tiny import build_tiny_sigphi
 
     data = tmp_path_factory.mktemp("retrieval-data")
-    write_retrieval_vqa(data, n_train_catalogues=2, n_test_catalogues=1, n_train_archive=4, n_test_archive=2,
-                        n_distractor_catalogues=1, n_distractor_drawings=2)
+    write_retrieval_vqa(data, n_train_catalogues=2, n_val_catalogues=1, n_test_catalogues=1, n_train_archive=4,
+                        n_val_archive=2, n_test_archive=2, n_distractor_catalogues=1, n_distractor_drawings=2)
     task = load_retrieval_task(data / "train.csv")
     retriever, retriever_processor = build_tiny_retriever(task)
     retriever.build_document_index(task.corpus, retriever_processor)

@@ -1,7 +1,8 @@
-"""README.md as written: every fenced command and Python snippet runs, or is listed in `NOT_RUN` with the reason.
+"""README.md and the pages of docs/ as written: every fenced command and Python snippet runs, or is listed in
+`NOT_RUN` with the reason.
 
-The blocks run in README order in one scratch folder, so a later block finds what an earlier one wrote, as a
-reader's would. Only the substitutions README itself announces are made ("Every command and snippet in this
+The blocks of a page run in its order in one scratch folder of that page, so a later block finds what an earlier one
+wrote, as a reader's would. Only the substitutions README itself announces are made ("Every command and snippet in this
 README is run by tests/test_readme.py..."): Hub checkpoints become local stand-ins of the same kind (a tiny Phi-3
 folder, timm weights of the same timm model at a tiny shape, a tiny SmolVLM-architecture teacher answering about
 bundled digits), training steps stop after 2 optimizer steps, the retriever-generator trains for a fraction of an
@@ -22,7 +23,8 @@ import pytest
 from tests.conftest import write_pretrained_parts
 from tests.test_generate_dataset import build_teacher, write_digits
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REAL_VISION_MODEL = "vit_so400m_patch14_siglip_384.webli"
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 TRAINING_COMMAND = re.compile(r"^\s*(python -m train\.(align|sft)|trl sft)\b")
@@ -49,17 +51,23 @@ class Block:
     language: str
     text: str
     line: int
+    page: str
 
     @property
     def name(self) -> str:
         first = next(line for line in self.text.splitlines() if line.strip() and not line.startswith("#"))
-        return f"README:{self.line} {first.strip()[:60]}"
+        return f"{self.page}:{self.line} {first.strip()[:60]}"
 
 
 def readme_blocks() -> list[Block]:
-    text = README.read_text(encoding="utf-8")
-    return [Block(match.group(1), match.group(2), text[:match.start()].count("\n") + 1)
-            for match in re.finditer(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)]
+    """The fenced blocks of README.md and of every page of docs/, in reading order."""
+    blocks = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        blocks += [Block(match.group(1), match.group(2), text[:match.start()].count("\n") + 1,
+                         str(page.relative_to(ROOT)))
+                   for match in re.finditer(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)]
+    return blocks
 
 
 def reason_not_run(block: Block) -> str | None:
@@ -81,10 +89,17 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
             "teacher": teacher, "photos": photos}
 
 
+def scratch_folder(block: Block, workspace: dict[str, Path]) -> Path:
+    """Where a page's blocks run: one folder per page."""
+    folder = workspace["root"] / block.page.replace("/", "_").removesuffix(".md")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def with_stand_ins(block: Block, workspace: dict[str, Path]) -> str:
     """The block with the substitutions the README announces, and nothing else."""
     text = block.text.replace("microsoft/Phi-3-mini-4k-instruct", str(workspace["phi3"]))
-    text = text.replace("/tmp/rg/", f"{workspace['root']}/rg/")
+    text = text.replace("/tmp/rg/", f"{scratch_folder(block, workspace)}/rg/")
     vision_kwargs = {**VISION_SHAPE, "pretrained_cfg_overlay": {"file": str(workspace["vision_weights"])}}
     if block.language == "python":
         return text.replace(f'vision_model="{REAL_VISION_MODEL}"',
@@ -107,7 +122,7 @@ def with_stand_ins(block: Block, workspace: dict[str, Path]) -> str:
 
 def test_every_block_is_run_or_says_why_not():
     blocks = readme_blocks()
-    assert len(blocks) > 10, "README's fenced blocks were not found"
+    assert len(blocks) > 10, "the pages' fenced blocks were not found"
     assert all(block.language in ("bash", "python") for block in blocks), [b.name for b in blocks]
     unused = [key for key in NOT_RUN if not any(key in block.text for block in blocks)]
     assert not unused, f"NOT_RUN entries that match no README block any more: {unused}"
@@ -121,5 +136,6 @@ def test_readme_block_runs_as_written(block, workspace):
            "HF_HUB_OFFLINE": "1"}
     command = (["bash", "-euo", "pipefail", "-c", script] if block.language == "bash"
                else [sys.executable, "-c", script])
-    result = subprocess.run(command, cwd=workspace["root"], env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=scratch_folder(block, workspace), env=env, capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, f"{block.name} failed:\n{script}\n--- stderr ---\n{result.stderr[-4000:]}"

@@ -454,8 +454,10 @@ def test_training_and_evaluation_clis(data, tmp_path, capsys):
             assert result["accuracy"] == report["test"]["accuracy"]
 
     # --corpus replaces the saved index (its documents and the CSV's); --closed_corpus searches the CSV's alone
+    distractors = len((data / "corpus.jsonl").read_text().splitlines())
     for flags, corpus in ((["--corpus", str(data / "corpus.jsonl")],
-                           f"{data / 'corpus.jsonl'} + {test_csv} documents ({25 + len(test_documents)} documents)"),
+                           f"{data / 'corpus.jsonl'} + {test_csv} documents ({distractors + len(test_documents)} "
+                           "documents)"),
                           (["--closed_corpus"], f"{test_csv} documents ({len(test_documents)} documents)")):
         run_cli(evaluate_main, RetrieverGeneratorEvaluateArguments, argv=["--model", str(output_dir), "--csv",
                                                                           test_csv, *flags])

@@ -62,7 +62,7 @@ class TrainRetrieverGeneratorArguments:
                 "the answers alone, as without the column)."})
     image_warm_up_epochs: int = field(default=60, metadata={
         "help": "Tiny preset: epochs of the image tower's stand-in pretraining on the task's pictures (0: none)."})
-    reader_epochs: float = field(default=6, metadata={
+    reader_epochs: float = field(default=10, metadata={
         "help": "Tiny preset: epochs of the generator's reading stand-in (passages, colours, digits; 0: none). The "
                 "stand-in generator is kept on disk (SIGPHI_STANDIN_CACHE) and reused, as a download would be."})
     reader_vision_epochs: int = field(default=30, metadata={
@@ -136,11 +136,14 @@ def labelled(task: RetrievalTask, relevance: list[list[int]]) -> RetrievalTask:
                          task.corpus)
 
 
-def validate(model, processor, val_task: RetrievalTask) -> dict:
+def validate(model, processor, val_task: RetrievalTask, open_ended: bool | None = False) -> dict:
     """The validation split's evaluation with the top `n_docs` retrieved documents; `score` is what model selection
-    compares: multiple-choice accuracy, else VQA accuracy."""
+    compares: multiple-choice accuracy, else VQA accuracy (open-ended answers are generated only where there are no
+    choices, unless `open_ended` is None: wherever there are reference answers)."""
     model.retriever.build_document_index(val_task.corpus, processor.retriever_processor, name="validation corpus")
-    metrics = evaluate_retriever_generator(model, processor, val_task, open_ended=not val_task.is_multiple_choice)
+    if open_ended is not None:
+        open_ended = open_ended or not val_task.is_multiple_choice
+    metrics = evaluate_retriever_generator(model, processor, val_task, open_ended=open_ended)
     metrics["score"] = metrics["accuracy"] if "accuracy" in metrics else metrics["vqa_accuracy"]
     return metrics
 
@@ -195,7 +198,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     with timed(seconds, "validation"):
-        report["validation"] = validate(model, processor, val_task)
+        report["validation"] = validate(model, processor, val_task, open_ended=None)
     if args.eval_csv:
         with timed(seconds, "test (read once)"):
             model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")

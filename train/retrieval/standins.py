@@ -79,20 +79,29 @@ def passage_row(rng: random.Random) -> tuple[str, str, str]:
     return " ".join(fact for fact, _, _ in facts), question, answer
 
 
-def shape_picture(rng: random.Random, colour: str, size: int = 32) -> Image.Image:
-    """A random ellipse, box or triangle in `colour` on a dark or light background."""
-    background = rng.choice([(0, 0, 0), (30, 30, 30), (225, 225, 225)])
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def shape_picture(rng: random.Random, colour: str, shape: str | None = None, size: int = 32) -> Image.Image:
+    """A `shape` (random if None) in `colour`, of random size and place, on a dark background (a light one for
+    black)."""
+    background = (225, 225, 225) if colour == "black" else rng.choice([(0, 0, 0), (30, 30, 30), (60, 40, 30)])
     image = Image.new("RGB", (size, size), background)
-    x0, y0 = rng.randint(0, size // 2), rng.randint(0, size // 2)
-    x1, y1 = rng.randint(x0 + size // 4, size), rng.randint(y0 + size // 4, size)
-    draw = ImageDraw.Draw(image)
-    shape = rng.choice(("ellipse", "box", "triangle"))
-    if shape == "ellipse":
-        draw.ellipse((x0, y0, x1, y1), fill=COLOURS[colour])
-    elif shape == "box":
-        draw.rectangle((x0, y0, x1, y1), fill=COLOURS[colour])
+    side = rng.randint(size // 2, size - 2)
+    x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
+    x1, y1 = x0 + side, y0 + side
+    draw, fill = ImageDraw.Draw(image), COLOURS[colour]
+    shape = shape or rng.choice(SHAPES)
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
     else:
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=COLOURS[colour])
+        third = side // 3
+        draw.rectangle((x0 + third, y0, x1 - third, y1), fill=fill)
+        draw.rectangle((x0, y0 + third, x1, y1 - third), fill=fill)
     return image
 
 
@@ -120,7 +129,7 @@ def reading_rows(n_passages: int = 3000, n_colours: int = 800, n_digits: int = 8
     return [{"messages": messages, "images": images} for messages, images in rows]
 
 
-def standin_generator(seed: int = 0, reader_epochs: float = 6, vision_epochs: int = 30,
+def standin_generator(seed: int = 0, reader_epochs: float = 10, vision_epochs: int = 30,
                       document_template: str = "Document: {document}\n", cache: bool = True):
     """The tiny preset's generator: a random tiny SigPhi whose vision tower first learns the digits (the classifier
     stand-in the quickstart gives SigPhi, `train.sigphi.standins.pretrain_vision_tower`), then reads (`reading_rows`,
