@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel, SiglipTextModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.logging import tqdm
 
 from configuration.configuration_retriever import MultimodalRetrieverConfig
 
@@ -292,8 +293,6 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
                         progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of `{"text", "image"}` documents, made with a `MultimodalRetrieverProcessor` in batches:
         ((n_chunks, projection_dim) float32 chunk embeddings, (n_chunks,) each chunk's document id)."""
-        from tqdm.auto import tqdm
-
         embeddings, document_ids = [], []
         starts = range(0, len(documents), batch_size)
         for start in tqdm(starts, desc="embedding documents", unit="batch",

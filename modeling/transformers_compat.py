@@ -10,7 +10,8 @@ installed release's name (`CACHE_NAME`), so our own calls raise no deprecation w
 transformers 5.24 also renamed gradient checkpointing to activation checkpointing (`activation_checkpointing_*`,
 `is_activation_checkpointing`; the old names warn, their removal announced for v6) and 5.15–5.23 know only the old
 names: `enable_activation_checkpointing`, `disable_activation_checkpointing` and `is_activation_checkpointing` ask
-for whichever the model has.
+for whichever the model has, and `ACTIVATION_CHECKPOINTING_ARGUMENT` is the trainer argument's name (on 5.24 TRL's
+configs, which default the old name to True, warn unless the new one is set).
 
 Dual encoders' `get_text_features` / `get_image_features` return a tensor on some releases and an output object on
 others: `pooled_features` takes either.
@@ -25,6 +26,15 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def activation_checkpointing_argument() -> str:
+    """The `TrainingArguments` field that switches activation checkpointing (training code only; imports the trainer
+    lazily so model folders load without it)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def take_cache(cache, kwargs: dict):

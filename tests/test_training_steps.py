@@ -141,3 +141,31 @@ def test_steps_refuse_bad_input_with_status_2(tiny_dir, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "missing.csv: no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [([], {"train.align": False, "train.sft": True}),
+                                            (["--gradient_checkpointing", "true"], {"train.align": True}),
+                                            (["--gradient_checkpointing", "false"], {"train.sft": False})])
+def test_steps_take_checkpointing_flags_under_either_name_without_trainer_warnings(argv, expected):
+    """The steps' own defaults (align: off, sft: TRL's on) and a user's `--gradient_checkpointing` (the name every
+    supported transformers knows) both take effect, and building the trainer arguments warns about nothing the user
+    did not write (transformers 5.24 warns when only the old name is set, as TRL's default does)."""
+    import warnings
+
+    from trl import SFTConfig
+
+    from train.align import ALIGN_DEFAULTS, AlignArguments
+    from train.common.cli import run_cli
+    from train.sft import SFT_DEFAULTS, SFTArguments
+
+    steps = {"train.align": (AlignArguments, ALIGN_DEFAULTS), "train.sft": (SFTArguments, SFT_DEFAULTS)}
+    for step, checkpointing in expected.items():
+        arguments, defaults = steps[step]
+        seen = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            run_cli(lambda args, training_args: seen.update(on=training_args.gradient_checkpointing,
+                                                            pin=training_args.dataloader_pin_memory),
+                    arguments, SFTConfig, defaults=defaults,
+                    argv=["--model_name_or_path", "m", "--dataset", "d", "--output_dir", "o", *argv])
+        assert seen == {"on": checkpointing, "pin": torch.cuda.is_available()}, step

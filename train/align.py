@@ -33,8 +33,8 @@ class AlignArguments:
     compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
 
 
-ALIGN_DEFAULTS = {**machine_defaults(), "learning_rate": 1e-3, "num_train_epochs": 1.0,
-                  "per_device_train_batch_size": 16, "gradient_checkpointing": False}
+ALIGN_DEFAULTS = {**machine_defaults(activation_checkpointing=False), "learning_rate": 1e-3, "num_train_epochs": 1.0,
+                  "per_device_train_batch_size": 16}
 
 
 def main(args: AlignArguments, training_args: SFTConfig) -> None:

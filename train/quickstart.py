@@ -65,8 +65,8 @@ class QuickstartArguments:
 
 def stage_args(output_dir: str, seed: int, report_to: str, **overrides) -> SFTConfig:
     """Trainer settings shared by every quickstart stage: tiny model, CPU, short runs, checkpoints kept."""
-    settings = {**machine_defaults(), "report_to": report_to, "seed": seed, "logging_steps": 25,
-                "save_strategy": "no", "gradient_checkpointing": False, "lr_scheduler_type": "cosine",
+    settings = {**machine_defaults(activation_checkpointing=False), "report_to": report_to, "seed": seed,
+                "logging_steps": 25, "save_strategy": "no", "lr_scheduler_type": "cosine",
                 "warmup_steps": 10, "dataloader_num_workers": 0, "disable_tqdm": False}
     return SFTConfig(output_dir=output_dir, **{**settings, **overrides})
 

@@ -6,6 +6,17 @@ from collections.abc import Callable
 from transformers import HfArgumentParser
 
 
+def with_current_checkpointing_name(arg: str, argument_classes) -> str:
+    """`--gradient_checkpointing...` as `--activation_checkpointing...` where the trainer's arguments have the new
+    name (transformers 5.24): the steps' defaults set the new name, which would otherwise silently win over a user's
+    old-style flag (README's recipe uses `--gradient_checkpointing`, the name every supported release knows)."""
+    old = "--gradient_checkpointing"
+    if arg.startswith(old) and any("activation_checkpointing" in getattr(c, "__dataclass_fields__", {})
+                                   for c in argument_classes):
+        return "--activation_checkpointing" + arg[len(old):]
+    return arg
+
+
 class InvalidInput(ValueError):
     """Bad user input (file, row, column, value). CLIs report it in one line with exit status 2, no traceback."""
 
@@ -22,6 +33,7 @@ def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}", *argv]
+    argv = [with_current_checkpointing_name(arg, argument_classes) for arg in argv]
     # Unknown arguments come back here instead of as HfArgumentParser's ValueError (a traceback).
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     try:

@@ -11,7 +11,7 @@ import os
 from peft import LoraConfig
 
 from processing import RetrieverGeneratorProcessor
-from train.common.precision import gpu_supports_bf16
+from train.sigphi.sft_trainer import machine_defaults
 from train.retrieval.task import RetrievalTask
 
 
@@ -40,12 +40,11 @@ def train_generator(generator, processor, rows: list[dict], output_dir: str, epo
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(
-        output_dir=os.path.join(output_dir, "checkpoints", name), num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=0.05, weight_decay=0.0, logging_steps=10, save_strategy="epoch", save_total_limit=1,
-        assistant_only_loss=True, max_length=None, gradient_checkpointing=gradient_checkpointing,
-        bf16=gpu_supports_bf16(), report_to="none", seed=seed, dataloader_pin_memory=False)
+    args = SFTConfig(**{
+        **machine_defaults(gradient_checkpointing), "output_dir": os.path.join(output_dir, "checkpoints", name),
+        "num_train_epochs": epochs, "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
+        "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0, "save_strategy": "epoch",
+        "save_total_limit": 1, "max_length": None, "report_to": "none", "seed": seed})
     trainer = SFTTrainer(model=generator, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=processor, peft_config=peft_config)
     trainer.train()

@@ -9,13 +9,18 @@ import os
 
 import torch
 
+from modeling.transformers_compat import activation_checkpointing_argument
 from train.common.precision import gpu_supports_bf16
 
 
-def machine_defaults() -> dict:
-    """Trainer defaults for this machine: bf16 only where a GPU supports it; loss on the answers only."""
+def machine_defaults(activation_checkpointing: bool = True) -> dict:
+    """Trainer defaults for this machine: bf16 only where a GPU supports it, pinned memory only with a GPU to pin
+    for; loss on the answers only; activation checkpointing under the installed transformers' name for it (TRL's
+    default, True, unless told)."""
     on_gpu = torch.cuda.is_available()
     return {
+        activation_checkpointing_argument(): activation_checkpointing,
+        "dataloader_pin_memory": on_gpu,
         "bf16": gpu_supports_bf16(),
         "use_cpu": not on_gpu,
         "assistant_only_loss": True,
