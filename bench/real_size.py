@@ -1,4 +1,4 @@
-"""Real size, proven: README's SigLIP-SO400M/14 + Phi-3-mini recipe run end to end with random-weight stand-ins.
+"""Real size, proven: docs/training.md's SigLIP-SO400M/14 + Phi-3-mini recipe run end to end with random-weight stand-ins.
 
     nice -n 10 python -m bench.real_size            # ≤ 60 min on 2 CPU cores; writes BENCHMARKS.md "Real size"
 
@@ -6,13 +6,13 @@ Nothing is downloaded. The stand-ins have the real shapes: timm `vit_so400m_patc
 `pretrained=False` saved to a file (fp32, like the `.webli` weights) for `--vision_weights`, a `Phi3ForCausalLM`
 with Phi-3-mini-4k-instruct's config in bfloat16 saved as a folder (two shards, like the Hub checkpoint), and a
 locally built tokenizer with Phi-3's vocabulary size and its chat special tokens at Phi-3's ids. Then every step
-of README's "Real size on one GPU" recipe runs as the user would run it, each in a child process:
+of the "Real size on one GPU" recipe of docs/training.md runs as the user would run it, each in a child process:
 
     build_model → (4-bit load of the built folder) → align → sft --quantization 4bit → merge_lora
     → a clean `python -I` process: AutoModelForImageTextToText + AutoProcessor (trust_remote_code=True),
       generate, save, reload, generate again
 
-On a CPU it shrinks only what README says a user may shrink there: `--vision_kwargs '{"img_size": 224}'` (256
+On a CPU it shrinks only what docs/training.md says a user may shrink there: `--vision_kwargs '{"img_size": 224}'` (256
 image tokens instead of 729), batch 1 without gradient accumulation, a few steps, the bundled digits data (one-word
 answers) instead of the teacher data (which needs a Hub teacher model). Each step's wall time, peak RSS
 (`resource` usage of the child, `ru_maxrss`), peak anonymous memory (sampled from /proc: RSS minus mapped file
@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -393,7 +392,7 @@ def render_section(summary: dict) -> str:
     steps = {s["step"]: s for s in summary["steps"]}
     lines = [section_title(summary), "",
              f"Written by `{summary['command']}` ({summary['date']}; whole run {summary['total_seconds'] / 60:.1f} min) "
-             f"on {summary['machine']}. Every step is README's command, run in its own process; the stand-ins "
+             f"on {summary['machine']}. Every step is the command of docs/training.md, run in its own process; the stand-ins "
              "are random weights of the real shapes (timm `vit_so400m_patch14_siglip_384`, Phi-3-mini-4k's "
              "config in bf16, a tokenizer with Phi-3's 32,011 ids), built locally. Peak RSS is the child's "
              "`ru_maxrss`; it counts the pages of memory-mapped checkpoint files, so the anonymous part (memory the "
@@ -403,9 +402,9 @@ def render_section(summary: dict) -> str:
     if summary["on_cpu"]:
         image = (f"`--vision_kwargs '{{\"img_size\": {summary['img_size']}}}'` ({(summary['img_size'] // 14) ** 2} "
                  "image tokens instead of 729), " if summary["img_size"] != 384 else "")
-        lines += ["Shrunk on this CPU, as README allows there: " + image +
+        lines += ["Shrunk on this CPU, as docs/training.md allows there: " + image +
                   "`--per_device_train_batch_size 1 --gradient_accumulation_steps 1`, "
-                  "`--max_steps` of a few steps, and the bundled digits data (one-token answers; README's teacher "
+                  "`--max_steps` of a few steps, and the bundled digits data (one-token answers; the recipe's teacher "
                   "data needs a Hub model). Nothing else: full depth and width, Phi-3's vocabulary, bf16 folders.", ""]
     lines += ["| step | status | wall time (s) | peak RSS (GiB) | peak anonymous (GiB) | dtype | command |",
               "|---|---|---|---|---|---|---|"]
@@ -470,7 +469,7 @@ def main() -> None:
     parser.add_argument("--sft_steps", type=int, default=2)
     parser.add_argument("--max_rss_gb", type=float, default=16.0)
     parser.add_argument("--img_size", type=int, default=None,
-                        help="Image size of the tower (default: 224 on a CPU, as README allows there; 384 on a GPU).")
+                        help="Image size of the tower (default: 224 on a CPU, as docs/training.md allows there; 384 on a GPU).")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="Passed to align and sft (auto: bf16 where the device computes it natively, else fp32).")
     parser.add_argument("--time_budget_min", type=float, default=60.0)

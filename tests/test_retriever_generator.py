@@ -23,6 +23,7 @@ from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
 from train.retrieval import pseudo_relevance
+from train.retrieval.evaluation import evaluate_retriever_generator
 from train.retrieval.generator_stage import generator_lora_config, generator_rows, train_generator
 from train.retrieval.joint_stage import document_relevance_loss
 from train.retrieval.models import build_tiny_retriever, load_generator
@@ -692,3 +693,9 @@ def test_open_ended_training_and_evaluation(encyclopedia, tmp_path, capsys):
     assert result["n"] == 16 and "accuracy" not in result
     assert result["vqa_accuracy"] == pytest.approx(np.mean(vqa)) and result["exact_match"] == pytest.approx(
         np.mean(exact))
+
+    # Repeated reference answers count: a model saying each question's most common answer scores 1.
+    said = iter([example.target_answer for example in task.examples])
+    model.generate = lambda *args, **kwargs: next(said)
+    perfect = evaluate_retriever_generator(model, processor, task, "none")
+    assert perfect["vqa_accuracy"] == 1.0 and perfect["exact_match"] == 1.0

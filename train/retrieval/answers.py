@@ -13,6 +13,7 @@ from collections import Counter
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = {"a", "an", "the"}
+VQA_AGREEMENT = 3  # reference answers that must agree with a prediction for full VQA accuracy
 # Punctuation becomes a word break, except a decimal point between digits ("2.5") and an apostrophe inside a word,
 # which is dropped ("creature's" -> "creatures", as the VQA script's contraction table would merge it).
 _INNER_APOSTROPHE = re.compile(r"(?<=\w)['’](?=\w)")
@@ -37,7 +38,7 @@ def contains_answer(text: str, answers: list[str]) -> bool:
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """VQA accuracy: min(number of reference answers equal to the prediction / 3, 1), compared normalised."""
     predicted = normalize_answer(prediction)
-    return min(sum(normalize_answer(answer) == predicted for answer in answers) / 3, 1.0)
+    return min(sum(normalize_answer(answer) == predicted for answer in answers) / VQA_AGREEMENT, 1.0)
 
 
 def exact_match(prediction: str, answers: list[str]) -> bool:

@@ -61,7 +61,7 @@ def evaluate_retriever_generator(model, processor, task: RetrievalTask, docs: st
 
     Multiple-choice questions give `accuracy`; `open_ended` (default: when the questions have reference answers)
     generates a free answer per question, RAG-Sequence style, and gives `vqa_accuracy` and `exact_match` against the
-    reference answers (the right choice where there are none). Retrieved documents are weighted by the retriever's
+    reference answers (repeats counted; the right choice where there are none). Retrieved documents are weighted by the retriever's
     scores (the document posterior); gold (`oracle`) ones alike.
     """
     if docs not in DOCS_MODES:
@@ -88,7 +88,7 @@ def evaluate_retriever_generator(model, processor, task: RetrievalTask, docs: st
             answer = model.generate(processor, example.question, example.image, documents=row,
                                     doc_scores=row_weights, marginalize=marginalize,
                                     max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False)
-            vqa.append(vqa_accuracy(answer, example.reference_answers))
+            vqa.append(vqa_accuracy(answer, example.annotator_answers))
             exact.append(exact_match(answer, example.reference_answers))
         result.update(vqa_accuracy=float(np.mean(vqa)), exact_match=float(np.mean(exact)))
     return result

@@ -30,7 +30,7 @@ from PIL import Image
 
 from train.common.cli import InvalidInput
 from train.common.vqa_data import open_image, read_text_file
-from train.retrieval.answers import most_common_answer
+from train.retrieval.answers import VQA_AGREEMENT, most_common_answer
 
 logger = logging.getLogger(__name__)
 RETRIEVAL_COLUMNS = ("question_text", "question_image", "answer_choices", "label", "documents")
@@ -59,6 +59,12 @@ class RetrievalExample:
         """Every acceptable answer: the reference answers and the right choice."""
         right = [self.answer_choices[self.label]] if self.is_multiple_choice else []
         return list(dict.fromkeys([*(self.answers or []), *right]))
+
+    @property
+    def annotator_answers(self) -> list[str]:
+        """The reference answers as given, repeats included, which VQA accuracy counts; a multiple-choice question
+        without them has its right choice as every annotator's answer."""
+        return self.answers or [self.answer_choices[self.label]] * VQA_AGREEMENT
 
     @property
     def target_answer(self) -> str:
