@@ -41,7 +41,7 @@ browser:
 	fi
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Hub users' environments without this project: the supported floor, 5.17, the lock and the newest releases
 # (venvs cached under ~/.cache/sigphi-compat); prints a version x check table.

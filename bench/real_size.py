@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTION_TITLE = "## Real size on a CPU (SigLIP-SO400M/14 + Phi-3-mini shapes, random weights)"
-FORCED_DTYPE_TITLE = "## Real size on a CPU, computing in {dtype} (`--compute_dtype {dtype}`)"
+SECTION_TITLE = "## 11. Real size on a CPU (SigLIP-SO400M/14 + Phi-3-mini shapes, random weights)"
+FORCED_DTYPE_TITLE = "## 12. Real size on a CPU, computing in {dtype} (`--compute_dtype {dtype}`)"
 
 VISION_MODEL = "vit_so400m_patch14_siglip_384"
 # microsoft/Phi-3-mini-4k-instruct's config.json (the fields that shape the model and its tokens)

@@ -95,11 +95,11 @@ def _retrieval_section(results: dict, plot_dir: str) -> list[str]:
 def _quickstart_section(results: dict) -> list[str]:
     quick = results.get("quickstart") or {"left_out": "not run"}
     if "left_out" in quick:
-        return ["## 7. Quickstart", "", f"Left out: {quick['left_out']} (`make bench` re-runs an outdated "
+        return ["## 9. Quickstart", "", f"Left out: {quick['left_out']} (`make bench` re-runs an outdated "
                 "quickstart unless given `--no_quickstart_rerun`).", ""]
     code = quick["code"]
     parts = {part: metrics for part, metrics in quick.items() if part != "code"}
-    lines = ["## 7. Quickstart (`make quickstart`, read from its metrics.json)", "",
+    lines = ["## 9. Quickstart (`make quickstart`, read from its metrics.json)", "",
              f"Run on commit {code['commit'][:7]} at {code['date']}.", "", "| part | stage | seconds |", "|---|---|---|"]
     for part, metrics in parts.items():
         for stage, seconds in metrics.get("stage_seconds", {}).items():
@@ -113,13 +113,13 @@ def _quickstart_section(results: dict) -> list[str]:
 
 def _gpu_section(results: dict) -> list[str]:
     if "gpu" not in results:
-        return ["## 8. Real size on a GPU", "", "Not yet measured: no GPU machine was available. "
+        return ["## 10. Real size on a GPU", "", "Not yet measured: no GPU machine was available. "
                 "`python -m bench.gpu` measures it (QLoRA and bf16 LoRA SFT steps of SigLIP-SO400M + Phi-3-mini, "
                 "random weights of the real shapes) and `make bench` then includes it.", ""]
     gpu = results["gpu"]
     versions = ", ".join(f"{k} {v}" for k, v in gpu["versions"].items())
     model = gpu["model"]
-    lines = ["## 8. Real size on a GPU", "",
+    lines = ["## 10. Real size on a GPU", "",
              f"{gpu['device']}; {versions}. Command: `python -m bench.gpu` (bitsandbytes installed from a wheel; "
              "no TRL or datasets on that machine). SigLIP-SO400M/14@384 + Phi-3-mini-4k shapes, random weights, "
              f"{model['parameters']:,} parameters, {model['image_seq_length']} image tokens per row; the model is "

@@ -158,7 +158,7 @@ def positions(row: dict) -> str:
 def report_section(results: dict) -> list[str]:
     """The BENCHMARKS.md section of `run`'s results."""
     scoring = results["retrieval_scoring"]
-    lines = [f"## Retriever-generator scoring ({scoring['n_choices']} choices x {scoring['n_docs']} documents per "
+    lines = [f"## 7. Retriever-generator scoring ({scoring['n_choices']} choices x {scoring['n_docs']} documents per "
              f"question, {scoring['n_questions']} questions, median of {scoring['repeats']} passes x 2 rounds)", "",
              "| torch threads | generator | vocabulary | before: per-pair (questions/s) | after: cached prompt, one "
              "question at a time | speed-up | after: cached, 8 questions per batch | speed-up | max abs score "

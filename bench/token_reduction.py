@@ -151,7 +151,7 @@ def report_section(results: dict) -> list[str]:
     """The BENCHMARKS.md section of `run`'s results."""
     section = results["token_reduction"]
     shape = section["shape"]
-    lines = [f"## Image-token reduction (pixel shuffle r) against Llava, {shape['image_size']} px / patch "
+    lines = [f"## 8. Image-token reduction (pixel shuffle r) against Llava, {shape['image_size']} px / patch "
              f"{shape['patch_size']} = 27×27 grid", "",
              f"Towers and decoder identical (ViT {shape['vision_width']}×{shape['vision_depth']}, Phi-3 "
              f"{shape['text_width']}×{shape['text_depth']}, vocabulary {shape['vocab_size']:,}), one image + "
