@@ -94,7 +94,8 @@ def train_retriever(retriever, processor, task: RetrievalTask, output_dir: str, 
         output_dir=os.path.join(output_dir, "checkpoints", "retriever"), num_train_epochs=epochs,
         per_device_train_batch_size=batch_size, learning_rate=learning_rate, weight_decay=0.01,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="epoch", save_total_limit=1,
-        remove_unused_columns=False, report_to="none", seed=seed, dataloader_num_workers=0)
+        remove_unused_columns=False, report_to="none", seed=seed, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available())
     collator = RetrievalCollator(task, processor, miner, image_augmentation() if augment else None)
     trainer = Trainer(model=retriever, args=args, data_collator=collator, callbacks=[miner],
                       train_dataset=Dataset.from_dict({"example_id": range(len(task.examples))}))
