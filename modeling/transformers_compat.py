@@ -10,7 +10,7 @@ installed release's name (`CACHE_NAME`), so our own calls raise no deprecation w
 transformers 5.24 also renamed gradient checkpointing to activation checkpointing (`activation_checkpointing_*`,
 `is_activation_checkpointing`; the old names warn, their removal announced for v6) and 5.15–5.23 know only the old
 names: `enable_activation_checkpointing`, `disable_activation_checkpointing` and `is_activation_checkpointing` ask
-for whichever the model has, and `ACTIVATION_CHECKPOINTING_ARGUMENT` is the trainer argument's name (on 5.24 TRL's
+for whichever the model has, and `activation_checkpointing_argument()` names the trainer argument (on 5.24 TRL's
 configs, which default the old name to True, warn unless the new one is set).
 
 Dual encoders' `get_text_features` / `get_image_features` return a tensor on some releases and an output object on

@@ -61,8 +61,8 @@ def evaluate_retriever_generator(model, processor, task: RetrievalTask, docs: st
 
     Multiple-choice questions give `accuracy`; `open_ended` (default: when the questions have reference answers)
     generates a free answer per question, RAG-Sequence style, and gives `vqa_accuracy` and `exact_match` against the
-    reference answers (repeats counted; the right choice where there are none). Retrieved documents are weighted by the retriever's
-    scores (the document posterior); gold (`oracle`) ones alike.
+    reference answers (repeats counted; the right choice where there are none). Retrieved documents are weighted by
+    the retriever's scores (the document posterior); gold (`oracle`) ones alike.
     """
     if docs not in DOCS_MODES:
         raise ValueError(f"docs must be one of {DOCS_MODES}, got {docs!r}")

@@ -136,13 +136,13 @@ def labelled(task: RetrievalTask, relevance: list[list[int]]) -> RetrievalTask:
                          task.corpus)
 
 
-def validate(model, processor, val_task: RetrievalTask, open_ended: bool | None = False) -> dict:
+def validate(model, processor, val_task: RetrievalTask, final: bool = False) -> dict:
     """The validation split's evaluation with the top `n_docs` retrieved documents; `score` is what model selection
-    compares: multiple-choice accuracy, else VQA accuracy (open-ended answers are generated only where there are no
-    choices, unless `open_ended` is None: wherever there are reference answers)."""
+    compares: multiple-choice accuracy, else VQA accuracy. Epoch selection generates answers only where there are no
+    choices (generation is the slow part); the `final` report also generates them wherever there are reference
+    answers."""
     model.retriever.build_document_index(val_task.corpus, processor.retriever_processor, name="validation corpus")
-    if open_ended is not None:
-        open_ended = open_ended or not val_task.is_multiple_choice
+    open_ended = None if final else not val_task.is_multiple_choice
     metrics = evaluate_retriever_generator(model, processor, val_task, open_ended=open_ended)
     metrics["score"] = metrics["accuracy"] if "accuracy" in metrics else metrics["vqa_accuracy"]
     return metrics
@@ -198,7 +198,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     with timed(seconds, "validation"):
-        report["validation"] = validate(model, processor, val_task, open_ended=None)
+        report["validation"] = validate(model, processor, val_task, final=True)
     if args.eval_csv:
         with timed(seconds, "test (read once)"):
             model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")
