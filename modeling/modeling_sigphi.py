@@ -183,20 +183,30 @@ class SigPhiModel(SigPhiPreTrainedModel):
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
 
-    def check_context_length(self, n_new_tokens: int, cache: Cache | None) -> None:
+    def check_context_length(self, n_new_tokens: int, cache: Cache | None,
+                             position_ids: torch.LongTensor | None = None) -> None:
         """Refuse a sequence longer than the decoder's context (`text_config.max_position_embeddings`).
 
         RoPE would otherwise run on past the positions the decoder was trained for and answer with silent
         garbage. The check lives here, not in the processor, because every path reaches this forward (processor,
-        pipeline, TRL's fused-head training, raw `input_ids`), only the model's config knows the context, and
-        only here is the generated part of the sequence (the KV cache) known.
+        pipeline, TRL's fused-head training, raw `input_ids`, vLLM's Transformers backend), only the model's config
+        knows the context, and only here is the generated part of the sequence (the KV cache) known.
+
+        Each sequence is judged by its own positions when `position_ids` are given: vLLM packs every token of a
+        scheduled step into one (1, total) row whose positions restart at each request, and TRL's padding-free
+        batches do the same, so the row's width says nothing about any one sequence's length. Without
+        positions, the cache length plus the new tokens is the sequence's length.
         """
         n_cached = cache.get_seq_length() if cache is not None else 0
+        length = n_cached + n_new_tokens
+        if position_ids is not None and position_ids.numel():
+            length = int(position_ids.max()) + 1
         limit = self.config.text_config.max_position_embeddings
-        if n_cached + n_new_tokens > limit:
+        if length > limit:
+            counted = (f"{n_cached} already processed, {n_new_tokens} new" if length == n_cached + n_new_tokens
+                       else "its last position id is " + str(length - 1))
             raise ValueError(
-                f"The sequence is {n_cached + n_new_tokens} tokens long ({n_cached} already processed, "
-                f"{n_new_tokens} new) but the model's context is {limit} tokens "
+                f"The sequence is {length} tokens long ({counted}) but the model's context is {limit} tokens "
                 f"(text_config.max_position_embeddings). Shorten the prompt (each image takes "
                 f"{self.config.image_seq_length} tokens) or generate fewer new tokens."
             )
@@ -220,7 +230,8 @@ class SigPhiModel(SigPhiPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         cache = take_cache(cache, kwargs)
-        self.check_context_length((input_ids if input_ids is not None else inputs_embeds).shape[1], cache)
+        n_new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        self.check_context_length(n_new_tokens, cache, position_ids)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_outputs = image_features = None

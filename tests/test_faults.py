@@ -121,6 +121,31 @@ def test_generating_past_the_context_is_refused_at_the_first_token_that_does_not
             model.generate(**inputs, max_new_tokens=room + 1, min_new_tokens=room + 1, do_sample=False)
 
 
+def packed_row(processor, prompts: list[dict]) -> dict:
+    """Several prompts packed into one (1, total) row with positions restarting at each, as vLLM schedules a step."""
+    return {"input_ids": torch.cat([p["input_ids"] for p in prompts], dim=1),
+            "position_ids": torch.cat([torch.arange(p["input_ids"].shape[1]) for p in prompts])[None],
+            "pixel_values": torch.cat([p["pixel_values"] for p in prompts])}
+
+
+def test_a_packed_row_longer_than_the_context_is_judged_by_each_sequence_own_positions(tiny):
+    model, processor = tiny
+    context = model.config.text_config.max_position_embeddings
+    fitting = [long_prompt(processor, context // 2 - 40), long_prompt(processor, context // 2 + 20)]
+    packed = packed_row(processor, fitting)
+    assert packed["input_ids"].shape[1] > context > max(p["input_ids"].shape[1] for p in fitting)
+    with torch.no_grad():
+        logits = model(**packed, use_cache=False).logits[0]  # no cache: transformers then masks by positions
+        alone = torch.cat([model(**prompt).logits[0] for prompt in fitting])
+    torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)  # packed sequences do not see each other
+
+    too_long = long_prompt(processor, context)
+    length = too_long["input_ids"].shape[1]
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"sequence is {length} tokens long \(its last position id "
+                                                            rf"is {length - 1}\) but the model's context is {context}"):
+        model(**packed_row(processor, [fitting[0], too_long]))
+
+
 # --- unreadable image files and malformed image-question-answer files ----------------------------------------------
 
 def encoded(image: Image.Image, image_format: str) -> bytes:
