@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup lock browser quickstart test test-compat test-peer bench bench-quick bench-real clean
+.PHONY: setup lock browser quickstart test test-compat test-peer test-serve bench bench-quick bench-real bench-serve clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ test-compat: setup
 test-peer: setup
 	$(PY) -m tests.peer.run
 
+# The quickstart's SigPhi folder served by vLLM's CPU build (its own venv, cached under ~/.cache/sigphi-serve):
+# offline batch, OpenAI-compatible server, teacher data with --backend vllm, each against transformers' answers.
+test-serve: setup
+	$(PY) -m tests.serve.run
+
 # Regenerates BENCHMARKS.md and docs/*.png (full sizes: <= 30 min on 2 cores; quick: <= 5 min).
 bench: setup
 	$(PY) -m bench.run
@@ -62,6 +67,10 @@ bench-quick: setup
 # README's real-size recipe at real shapes with random weights (<= 60 min on 2 cores; not part of CI).
 bench-real: setup
 	$(PY) -m bench.real_size
+
+# vLLM against transformers `generate` on the same folders (BENCHMARKS.md section 13; ~10 min on 2 cores).
+bench-serve: setup
+	$(PY) -m bench.serving
 
 clean:
 	rm -rf outputs .pytest_cache

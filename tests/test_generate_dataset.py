@@ -6,6 +6,7 @@ so the real loading path (`AutoModelForImageTextToText` + `AutoProcessor` + the 
 """
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def build_teacher(path: Path, silent: bool = False) -> Path:
     config = Idefics3Config(
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "image_size": 32, "patch_size": 16},
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
                      "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                      "bos_token_id": tokenizer.eos_token_id},
@@ -183,6 +184,17 @@ def test_batched_answers_equal_one_at_a_time(teacher, tmp_path):
     assert answers[1] == answers[5] and len(answers[1]) == 9
 
 
+def test_sampling_is_seeded_and_greedy_is_the_default(teacher, tmp_path):
+    """`--temperature` samples (the same rows again for the same `--seed`); without it decoding is greedy."""
+    write_digits(tmp_path / "in", 2)
+    rows = {}
+    for name, flags in {"greedy": (), "sampled": ("--temperature", 1.5), "again": ("--temperature", 1.5)}.items():
+        generate("--teacher", teacher, "--image_dir", tmp_path / "in", "--output_dir", tmp_path / name,
+                 "--max_new_tokens", 12, *flags)
+        rows[name] = read_csv(tmp_path / name / "data.csv")[1]
+    assert rows["sampled"] == rows["again"] and rows["sampled"] != rows["greedy"]
+
+
 def test_dataset_source_and_question_files(teacher, tmp_path):
     from datasets import Dataset
     from datasets import Image as ImageFeature
@@ -267,7 +279,8 @@ def test_resume_after_sigkill_and_torn_last_line(teacher, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no-folder", "no-images", "inline-json", "json-file", "not-strings",
-                                  "no-questions-file", "column", "teacher", "csv-header"])
+                                  "no-questions-file", "column", "teacher", "csv-header", "top-p",
+                                  "vllm-not-installed"])
 def test_invalid_input_is_one_line_and_exit_status_2(teacher, tmp_path, capsys, case):
     write_digits(tmp_path / "in", 1)
     (tmp_path / "nothing").mkdir()
@@ -285,8 +298,12 @@ def test_invalid_input_is_one_line_and_exit_status_2(teacher, tmp_path, capsys, 
                    ["column 'picture'"]),
         "teacher": ({"--teacher": tmp_path / "no-teacher"}, ["--teacher", "no-teacher", "no such folder"]),
         "csv-header": ({}, ["data.csv", "header"]),
+        "top-p": ({"--temperature": 0.7, "--top_p": 0}, ["--top_p 0", "0 < top_p <= 1"]),
+        "vllm-not-installed": ({"--backend": "vllm"}, ["--backend vllm", "vLLM is not installed"]),
     }
     overrides, needles = expected[case]
+    if case == "vllm-not-installed" and importlib.util.find_spec("vllm"):
+        pytest.skip("vLLM is installed here; tests/serve/run.py runs this backend")
     if case == "column":
         from datasets import Dataset
 

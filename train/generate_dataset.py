@@ -2,6 +2,7 @@
 
     python -m train.generate_dataset --output_dir data/teacher_vqa          # 55 CIFAR-10 test images, SmolVLM2
     python -m train.generate_dataset --image_dir photos --questions questions.txt --output_dir data/photos_vqa
+    python -m train.generate_dataset --backend vllm --batch_size 512 --output_dir data/teacher_vqa   # vLLM engine
 
 Writes to `output_dir`:
     images/                 each source image once, as PNG, under a name fixed per source image
@@ -35,13 +36,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from train.common.cli import InvalidInput, run_cli
-from train.common.vqa_data import PAIR_COLUMNS, conversation, open_image, read_pairs_file, write_parquet_splits
+from train.common.teachers import TEACHER_BACKENDS
+from train.common.vqa_data import PAIR_COLUMNS, open_image, read_pairs_file, write_parquet_splits
 
 SEED_QUESTIONS = (
     "Can you describe this image?",
@@ -78,6 +78,14 @@ class GenerateDatasetArguments:
     test_fraction: float = field(default=0.0, metadata={
         "help": "Share of the images (not rows) held out as parquet/test.parquet; 0 writes train.parquet only."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a teacher with custom code (SigPhi)."})
+    backend: str = field(default="transformers", metadata={
+        "help": "Engine that runs the teacher: transformers `generate`, or vLLM's offline engine (pip install vllm).",
+        "choices": list(TEACHER_BACKENDS)})
+    temperature: float = field(default=0.0, metadata={"help": "0 is greedy decoding; above 0, sampling."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (with --temperature > 0)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={
+        "help": "vLLM only: share of the GPU's memory it reserves (of the machine's RAM with vLLM's CPU build)."})
 
 
 def _json_questions(text: str, source: str) -> list[str]:
@@ -189,31 +197,15 @@ def resume_csv(path: Path) -> set[tuple[str, str]]:
 
 
 def load_teacher(args: GenerateDatasetArguments):
-    """(model, processor) on the chosen device, with left padding so batched prompts end where answers start."""
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    try:
-        processor = AutoProcessor.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(args.teacher, dtype=getattr(torch, dtype),
-                                                            trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError, ImportError) as error:  # ImportError: e.g. SmolVLM's processor needs num2words
-        where = "" if Path(args.teacher).is_dir() else "no such folder, and as a Hub id: "
-        raise InvalidInput(f"--teacher {args.teacher}: {where}{str(error).splitlines()[0]}") from None
-    processor.tokenizer.padding_side = "left"
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return model.to(device).eval(), processor
-
-
-@torch.inference_mode()
-def answer_batch(model, processor, images: list[Image.Image], questions: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers through the teacher's own chat template; only the new tokens are decoded."""
-    prompts = [processor.apply_chat_template(conversation(q), add_generation_prompt=True) for q in questions]
-    inputs = processor(text=prompts, images=[[image.convert("RGB")] for image in images], padding=True,
-                       return_tensors="pt").to(model.device, dtype=model.dtype)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = output[:, inputs["input_ids"].shape[1]:]
-    return [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    """The chosen backend's teacher, loaded only once there is something to ask."""
+    if not 0.0 < args.top_p <= 1.0 or args.temperature < 0.0:
+        raise InvalidInput(f"--temperature {args.temperature} --top_p {args.top_p}: expected temperature >= 0 "
+                           "and 0 < top_p <= 1")
+    settings = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    if args.backend == "vllm":
+        settings["memory_fraction"] = args.gpu_memory_utilization
+    return TEACHER_BACKENDS[args.backend](args.teacher, args.device, args.dtype, args.trust_remote_code,
+                                          args.max_new_tokens, **settings)
 
 
 def pending_pairs(todo: list[tuple[str, Callable, list[str]]], output_dir: Path, unreadable: list[str],
@@ -254,13 +246,13 @@ def main(args: GenerateDatasetArguments) -> None:
     print(f"{csv_path}: {len(done)} rows already there, {total} (image, question) pairs to ask", file=sys.stderr)
     unreadable, empty = [], 0
     if todo:
-        model, processor = load_teacher(args)
+        teacher = load_teacher(args)
         with (open(csv_path, "a", newline="", encoding="utf-8") as handle,
               tqdm(total=total, desc="teacher answers", unit="pair") as bar):
             pairs = pending_pairs(todo, output_dir, unreadable, bar)
             while batch := list(itertools.islice(pairs, args.batch_size)):
                 names, images, batch_questions = zip(*batch)
-                answers = answer_batch(model, processor, images, batch_questions, args.max_new_tokens)
+                answers = teacher.answer(list(images), list(batch_questions))
                 rows = [row for row in zip(names, batch_questions, answers) if row[2]]
                 empty += len(batch) - len(rows)
                 handle.write(_csv_text(rows))
