@@ -28,7 +28,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = ("bash", "python")  # fenced `text` blocks are pictures (README's pipeline diagram), not commands
 # Blocks run plus blocks listed in NOT_RUN across the pages: moving a block between pages keeps the count, losing one
 # fails `test_no_block_is_lost`. Raise it when pages gain blocks.
-MINIMUM_COMMAND_BLOCKS = 19
+MINIMUM_COMMAND_BLOCKS = 23
 REAL_VISION_MODEL = "vit_so400m_patch14_siglip_384.webli"
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 TRAINING_COMMAND = re.compile(r"^\s*(python -m train\.(align|sft)|trl sft)\b")
@@ -47,6 +47,10 @@ NOT_RUN = {
     'pip install -e ".[demo]"': "starts a web server that runs until stopped; tests/test_demo.py drives it in a "
                                 "browser",
     "python -m bench.retrieval_scoring": "a benchmark (minutes at its sizes), one section of `make bench`",
+    "vllm serve": "needs vLLM, which pins its own torch and transformers: `make test-serve` (tests/serve/run.py) "
+                  "starts the same server in vLLM's venv and sends it requests",
+    "from vllm import LLM": "needs vLLM: `make test-serve` makes the same batched `LLM.chat` call in vLLM's venv",
+    "--backend vllm": "needs vLLM: `make test-serve` runs `train.generate_dataset --backend vllm` in vLLM's venv",
 }
 
 
