@@ -28,7 +28,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = ("bash", "python")  # fenced `text` blocks are pictures (README's pipeline diagram), not commands
 # Blocks run plus blocks listed in NOT_RUN across the pages: moving a block between pages keeps the count, losing one
 # fails `test_no_block_is_lost`. Raise it when pages gain blocks.
-MINIMUM_COMMAND_BLOCKS = 23
+MINIMUM_COMMAND_BLOCKS = 24
 REAL_VISION_MODEL = "vit_so400m_patch14_siglip_384.webli"
 VISION_SHAPE = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 TRAINING_COMMAND = re.compile(r"^\s*(python -m train\.(align|sft)|trl sft)\b")
@@ -42,7 +42,8 @@ NOT_RUN = {
     "make lock": "re-resolves every dependency against the package registry and rewrites requirements.lock; "
                  "`make test-compat` and `make test-peer` are run by .ci/run",
     "accelerate launch --multi_gpu": "launch lines for several GPUs or nodes with `...` for the step's flags; "
-                                     "tests/test_multiprocess.py runs two CPU processes of train.sft",
+                                     "tests/test_multiprocess.py runs two CPU processes of train.sft, "
+                                     "tests/test_generate_dataset.py two of train.generate_dataset",
     "model.push_to_hub": "uploads to the Hub; tests/test_ecosystem.py pushes to a local stand-in of the Hub API",
     'pip install -e ".[demo]"': "starts a web server that runs until stopped; tests/test_demo.py drives it in a "
                                 "browser",
