@@ -101,7 +101,7 @@ def render_section(results: dict) -> list[str]:
     command = " ".join(["python -m bench.serving", *results["argv"][1:]])  # `make bench-serve` when no flags
     lines = [SECTION_TITLE, "", f"`{command}`, {results['date']}; {results['machine']['cores']} cores; "
              "vLLM's CPU build 0.32.0 in its own venv (`tests/serve/engine.py`); greedy, at most 16 new tokens. "
-             "Answering only: engine start-up is the last column.", "",
+             "Rates count answering only; engine start-up is given apart.", "",
              f"SigPhi (the quickstart's folder, tiny), {sigphi['n']} held-out digits:", "",
              "| engine | answers/s | vs transformers batch 1 | vs transformers best |", "|---|---|---|---|"]
     for batch, rate in rates.items():
