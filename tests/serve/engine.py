@@ -59,10 +59,10 @@ def vllm_environment() -> dict:
 
 def offline_answers(python: Path, folder: Path, items: list[dict], workdir: Path, dtype: str = "float32",
                     max_new_tokens: int = 16, max_num_seqs: int | None = None) -> dict:
-    """{"answers", "load_seconds", "answer_seconds"} of one batched `LLM.chat` call over `items`
-    ({"image": PNG path, "question"})."""
+    """{"answers", "load_seconds", "answer_seconds"[, "prompt_logprobs"]} of one batched `LLM.chat` call over
+    `items` ({"image": PNG path, "question"[, "scored_prompts"]}; see vllm_offline.py)."""
     questions, output = workdir / "vllm_questions.json", workdir / f"vllm_answers_{dtype}.json"
-    questions.write_text(json.dumps([{"image": item["image"], "question": item["question"]} for item in items]))
+    questions.write_text(json.dumps(items))
     command = [str(python), str(OFFLINE_SCRIPT), str(folder), str(questions), str(output), "--dtype", dtype,
                "--max_new_tokens", str(max_new_tokens), "--memory_fraction", MEMORY_FRACTION]
     if max_num_seqs:

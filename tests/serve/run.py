@@ -13,7 +13,9 @@ Every answer is greedy and compared with transformers' `generate` on the same fo
 5. a request longer than the context gets vLLM's HTTP 400, and the server answers the next request;
 6. `train.generate_dataset --backend vllm` with the tiny SmolVLM-architecture teacher writes the transformers
    backend's rows, byte for byte;
-7. the same, killed (SIGKILL) after its first rows and run again: no row lost or repeated.
+7. the same, killed (SIGKILL) after its first rows and run again: no row lost or repeated;
+8. choice scores from vLLM's prompt log-probabilities (10 digits × the 10 answers, after the chat prompt) against
+   the same log-probabilities from a transformers forward: how a choice-scoring generator would run on vLLM.
 Prints a table, writes the numbers to `--output_file`, exits non-zero on any failure.
 """
 
@@ -67,6 +69,30 @@ def generate_answer(model, processor, request: Request, max_new_tokens: int = 16
     inputs = processor(text=[prompt], images=[[request.image]], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def choice_scores(model, processor, image: Image.Image, prompt: str, choices: list[str]) -> list[float]:
+    """log p(choice | image, prompt) for each choice, summed over the choice's tokens, from one forward each."""
+    n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    scores = []
+    for choice in choices:
+        inputs = processor(text=[prompt + choice], images=[[image]], return_tensors="pt")
+        ids = inputs["input_ids"][0]
+        n_choice = len(processor.tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]) - n_prompt
+        logprobs = model(**inputs).logits[0, :-1].log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+        scores.append(float(logprobs[-n_choice:].sum()))
+    return scores
+
+
+def vllm_choice_scores(scored: list[dict], processor, prompt: str, choices: list[str]) -> list[float]:
+    """The same sums from vLLM's prompt log-probabilities (one entry of `scored` per choice)."""
+    n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    scores = []
+    for choice, entry in zip(choices, scored):
+        n_choice = len(processor.tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]) - n_prompt
+        scores.append(sum(entry["logprobs"][-n_choice:]))
+    return scores
 
 
 def mixed_requests(digit_images: list[Image.Image]) -> list[Request]:
@@ -145,8 +171,12 @@ def main() -> int:
             return round(sum(normalise(a) == normalise(e) for a, e in zip(answers, expected)) / len(expected), 4)
 
         numbers["transformers_accuracy"] = accuracy(generated)
+        choices = [str(digit) for digit in range(10)]
+        prompt = processor.apply_chat_template(conversation(items[0]["question"]), add_generation_prompt=True)
+        scored_items = [{**item, "scored_prompts": [prompt + choice for choice in choices]} if index < 10 else item
+                        for index, item in enumerate(items)]
         for dtype in ("float32", "bfloat16"):
-            run = offline_answers(python, folder, items, workdir, dtype=dtype)
+            run = offline_answers(python, folder, scored_items if dtype == "float32" else items, workdir, dtype=dtype)
             same = sum(a == b for a, b in zip(run["answers"], generated))
             numbers[f"vllm_{dtype}"] = {"identical": same, "n": len(items), "accuracy": accuracy(run["answers"]),
                                         "load_seconds": run["load_seconds"], "answer_seconds": run["answer_seconds"]}
@@ -154,6 +184,16 @@ def main() -> int:
                 check(results, "offline batch of 360, float32", same == len(items),
                       f"{same}/{len(items)} answers identical to generate; accuracy {accuracy(run['answers'])} "
                       f"vs {numbers['transformers_accuracy']}")
+                differences = []
+                for index in range(10):
+                    image = test_rows[index]["images"][0]
+                    scored = run["prompt_logprobs"][index * 10:(index + 1) * 10]
+                    differences += [abs(a - b) for a, b in zip(choice_scores(model, processor, image, prompt, choices),
+                                                                vllm_choice_scores(scored, processor, prompt, choices))]
+                numbers["choice_score_max_difference"] = max(differences)
+                check(results, "choice scores from vLLM's prompt log-probabilities", max(differences) <= 1e-3,
+                      f"largest difference from transformers over {len(differences)} (digit, choice) pairs: "
+                      f"{max(differences):.2e} (limit 1e-3)")
             else:
                 check(results, "offline batch of 360, bfloat16 (tower too)", True,
                       f"{same}/{len(items)} identical to fp32 generate; accuracy {accuracy(run['answers'])} "

@@ -1,7 +1,10 @@
 """Greedy answers from vLLM's offline engine, all questions in one batched `LLM.chat` call.
 
 Runs inside the serve venv (vLLM's CPU build), not this project's: it reads only a saved folder and a JSON
-list of {"image": PNG path, "question": text}, and writes {"answers", "load_seconds", "answer_seconds"}.
+list of {"image": PNG path, "question": text}, and writes {"answers", "load_seconds", "answer_seconds"}. Items
+that also carry "scored_prompts" (full prompt texts, e.g. the chat prompt followed by one answer choice) get, in
+"prompt_logprobs", each prompt's token ids and the log-probability vLLM gives every token after the first
+(`SamplingParams(prompt_logprobs=0)`), the quantity a choice-scoring generator sums.
 
     python vllm_offline.py FOLDER QUESTIONS.json OUTPUT.json [--dtype float32] [--max_num_seqs N]
 """
@@ -47,6 +50,15 @@ def main() -> None:
     answered = time.perf_counter()
     result = {"answers": [output.outputs[0].text.strip() for output in outputs],
               "load_seconds": round(loaded - start, 2), "answer_seconds": round(answered - loaded, 3)}
+    scored = [{"prompt": prompt, "multi_modal_data": {"image": Image.open(item["image"]).convert("RGB")}}
+              for item in items for prompt in item.get("scored_prompts", [])]
+    if scored:
+        outputs = llm.generate(scored, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        result["prompt_logprobs"] = [
+            {"token_ids": list(output.prompt_token_ids),
+             "logprobs": [None if step is None else step[token].logprob
+                          for token, step in zip(output.prompt_token_ids, output.prompt_logprobs)]}
+            for output in outputs]
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 
