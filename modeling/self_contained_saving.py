@@ -96,7 +96,20 @@ class SelfContainedSaveMixin:
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, then the fix-up; with `push_to_hub=True` (and optionally `repo_id`,
         `commit_message`, `create_pr`, `private`, `revision`, `token`, and for the card `base_model`, `datasets`,
-        `metrics`, `tags`) the fixed folder gets a model card and is uploaded. Returns the commit URL when pushing."""
+        `metrics`, `tags`) the fixed folder gets a model card and is uploaded. Returns the commit URL when pushing.
+
+        Under FSDP2 the model's class is a `FSDP<Name>` subclass that torch made at `fully_shard`; saving with it
+        would record `FSDP<Name>` as the architecture and copy torch's files as the model's code, so the model
+        carries its own class while it is saved (the trainer passes the gathered state dict)."""
+        sharded_class = type(self)
+        own_class = next(cls for cls in sharded_class.__mro__ if not cls.__module__.startswith("torch.distributed"))
+        self.__class__ = own_class
+        try:
+            return self._save_self_contained(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.__class__ = sharded_class
+
+    def _save_self_contained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         upload_kwargs = {key: kwargs.pop(key) for key in UPLOAD_KWARGS if key in kwargs}
         card_kwargs = {key: kwargs.pop(key) for key in CARD_KWARGS if key in kwargs}
         repo_id = kwargs.pop("repo_id", Path(save_directory).name)

@@ -59,5 +59,7 @@ def train_with_sft(model, processor, training_args, train_dataset, eval_dataset=
     trainer.train(resume_from_checkpoint=resume)
     if before_save is not None:
         before_save()
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded (fast, resumable); the final folder is one full model
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     return trainer
