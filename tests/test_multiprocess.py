@@ -100,7 +100,11 @@ def run(command: list[str], environment: dict) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-STEP_FLAGS = {"train.align": (), "train.sft": ("--quantization", "none", "--lora_r", "4", "--lora_dropout", "0")}
+STEP_FLAGS = {"train.align": (), "train.sft": ("--quantization", "none", "--lora_r", "4", "--lora_dropout", "0"),
+              "train.sft 4-bit": ("--quantization", "4bit", "--lora_r", "4", "--lora_dropout", "0")}
+# (losses, final merged weights): 4-bit layers computing in bf16 round differently in differently shaped batches,
+# and the learning rate of 1e-2 carries that into the LoRA weights (largest difference measured: 0.021)
+TOLERANCES = {"train.sft 4-bit": (LOSS_TOLERANCE, 5e-2)}
 
 
 def sharded_as_configured(config: str, report: dict) -> None:
@@ -122,9 +126,9 @@ def one_process(tiny_dir, digits64, tmp_path_factory):
 
     def output(step: str) -> Path:
         if step not in runs:
-            runs[step] = tmp_path_factory.mktemp("one-process") / step
-            run(step_command(step, [sys.executable], tiny_dir, digits64, runs[step], GLOBAL_BATCH, *STEP_FLAGS[step]),
-                {**os.environ, "OMP_NUM_THREADS": "1"})
+            runs[step] = tmp_path_factory.mktemp("one-process") / "run"
+            run(step_command(step.split()[0], [sys.executable], tiny_dir, digits64, runs[step], GLOBAL_BATCH,
+                             *STEP_FLAGS[step]), {**os.environ, "OMP_NUM_THREADS": "1"})
         return runs[step]
 
     return output
@@ -132,23 +136,28 @@ def one_process(tiny_dir, digits64, tmp_path_factory):
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("config, step", [("fsdp2.yaml", "train.align"), ("fsdp2.yaml", "train.sft"),
-                                          ("deepspeed_zero2.yaml", "train.align"),
+                                          ("fsdp2.yaml", "train.sft 4-bit"), ("deepspeed_zero2.yaml", "train.align"),
                                           ("deepspeed_zero3.yaml", "train.align")])
 def test_sharded_launch_trains_like_one_process(config, step, one_process, tiny_dir, digits64, tmp_path):
-    """Two processes under a shipped config really shard (FSDP2: every parameter a DTensor; ZeRO-3: parameters
-    partitioned) and log one process's losses at the same global batch, with SigPhi's fp32-kept vision tower and
-    projector; the gathered final folder loads in a clean process with one process's weights."""
+    """Two processes under a shipped config really shard (FSDP2: every parameter a DTensor, 4-bit weights included,
+    stored in the compute dtype; ZeRO-3: parameters partitioned) and log one process's losses at the same global
+    batch, with SigPhi's fp32-kept vision tower and projector; the gathered final folder loads in a clean process
+    with one process's weights."""
     if config.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
     one = one_process(step)
     launcher, environment = config_launch(config, tmp_path / "report")
     two = tmp_path / "two"
-    run(step_command(step, launcher, tiny_dir, digits64, two, GLOBAL_BATCH // 2, *STEP_FLAGS[step]), environment)
+    run(step_command(step.split()[0], launcher, tiny_dir, digits64, two, GLOBAL_BATCH // 2, *STEP_FLAGS[step]),
+        environment)
     for rank in (0, 1):
-        sharded_as_configured(config, json.loads((tmp_path / f"report-{rank}.json").read_text()))
-    assert logged_losses(two) == pytest.approx(logged_losses(one), rel=SHARDED_TOLERANCE)
+        report = json.loads((tmp_path / f"report-{rank}.json").read_text())
+        sharded_as_configured(config, report)
+        assert "torch.uint8" not in report["dtypes"], report  # 4-bit weights stored in the compute dtype
+    loss_tolerance, weight_tolerance = TOLERANCES.get(step, (SHARDED_TOLERANCE, SHARDED_TOLERANCE))
+    assert logged_losses(two) == pytest.approx(logged_losses(one), rel=loss_tolerance)
     assert len(logged_losses(one)) == STEPS
-    if step == "train.sft":  # LoRA: the step saves the adapter; compare the merged models
+    if step.startswith("train.sft"):  # LoRA: the step saves the adapter; compare the merged models
         merged = []
         for folder in (one, two):
             if not (folder / "merged").exists():
@@ -158,7 +167,7 @@ def test_sharded_launch_trains_like_one_process(config, step, one_process, tiny_
         one, two = merged
     compared = hub_user_python(SAME_WEIGHTS, str(one), str(two), cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-3000:]
-    assert json.loads(compared.stdout.strip().splitlines()[-1])["largest_difference"] < SHARDED_TOLERANCE
+    assert json.loads(compared.stdout.strip().splitlines()[-1])["largest_difference"] < weight_tolerance
 
 
 @pytest.mark.multiprocess

@@ -22,8 +22,21 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype | None = N
         return None
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = compute_dtype or resolve_compute_dtype("auto", torch.float32)
+    # FSDP and ZeRO-3 shard parameters as flat tensors of one dtype: 4-bit weights are then stored in the compute
+    # dtype (bitsandbytes packs them the same way), so they shard beside the LoRA and projector weights.
+    storage = compute_dtype if launched_with_parameter_sharding() else torch.uint8
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype or resolve_compute_dtype("auto", torch.float32))
+                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=storage)
+
+
+def launched_with_parameter_sharding() -> bool:
+    """Whether `accelerate launch` started this process under FSDP or DeepSpeed ZeRO-3 (it says so in the
+    environment before any model is built)."""
+    import os
+
+    return (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+            or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = None,
