@@ -7,6 +7,7 @@ requirements stay the same. The recipe is DESIGN.md §4 "vLLM on a CPU": the reg
 against the CUDA build of torch, so torch is reinstalled from the registry (the CUDA build also runs on a CPU).
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -121,8 +122,6 @@ def served(python: Path, folder: Path, log: Path, startup_timeout: float = 300.0
 
 def chat_completion(url: str, image_png: bytes, question: str, max_tokens: int = 16) -> tuple[int, str]:
     """(HTTP status, answer text or error message) of one chat-completions request with a base64 image."""
-    import base64
-
     data_url = "data:image/png;base64," + base64.b64encode(image_png).decode()
     body = {"model": "sigphi", "temperature": 0, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},

@@ -50,13 +50,13 @@ def read_rows(path: Path, clean: bool = False) -> list[Row]:
         records.pop()
     if records and tuple(records[0]) != PAIR_COLUMNS:
         raise InvalidInput(f"{path}, row 0: header is {','.join(records[0])!r}, expected {','.join(PAIR_COLUMNS)!r}")
-    rows = records[1:]
+    rows = [tuple(row) for row in records[1:]]
     for number, row in enumerate(rows, start=1):
         if len(row) != len(PAIR_COLUMNS):
             raise InvalidInput(f"{path}, row {number}: expected {len(PAIR_COLUMNS)} columns, found {len(row)}")
     if clean:
-        write_atomically(path, [tuple(row) for row in rows])
-    return [tuple(row) for row in rows]
+        write_atomically(path, rows)
+    return rows
 
 
 def write_atomically(path: Path, rows: list[Row]) -> None:
