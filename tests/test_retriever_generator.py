@@ -635,18 +635,31 @@ def test_the_image_stand_in_lets_pictures_find_their_copies(tmp_path):
             assert not any(archive_labels)
         assert all(e.gold_document_ids[0] in row for row, e in zip(labels, task.examples) if "catalogue" in e.question)
 
+    # Hard EM: of the pseudo-relevant documents, only the one the retriever ranks highest.
+    best = pseudo_relevance_labels(model, both, answers_only, use_generator=False, sources=("words", "pictures"),
+                                   best_only=True)
+    ranked, scores = rank_documents(retriever, processor, answers_only, len(task.corpus), return_scores=True)
+    for every, chosen, ids, row_scores in zip(labels, best, ranked, scores):
+        assert len(chosen) == min(1, len(every)) and set(chosen) <= set(every)
+        score = dict(zip(ids.tolist(), row_scores.tolist()))
+        assert all(score[chosen[0]] >= score[i] - 1e-4 for i in every)
+
 
 def test_training_from_answers_only(data, tmp_path):
     """No documents column: the retriever starts from pseudo-relevant documents (near the question, naming its
-    answer), the generator and retriever then train jointly, relabelling with the generator's judgement; the run
-    saves a loadable model whose index holds the training corpus."""
+    answer), trains again on the one of them it then ranks highest (hard EM), and the generator and retriever train
+    jointly, relabelling the same way; the run saves a loadable model whose index holds the training corpus."""
     report = train_retriever_generator(TrainRetrieverGeneratorArguments(
         train_csv=str(data / "train_answers_only.csv"), val_csv=str(data / "val.csv"),
-        corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, **TINY_RUN))
+        corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, hard_em_epochs=1,
+        **TINY_RUN))
     assert report["supervision"] == "answers only (pseudo-relevance)"
     assert "image_warm_up_loss" in report  # the tiny image tower learns pictures first (the corpus has some)
-    stage_1, joint = report["pseudo_labelled_questions"]
-    assert 0 < stage_1 <= 80 and 0 <= joint <= 80
+    stage_1, hard_em, joint = report["pseudo_labels"]
+    assert 0 < stage_1["questions"] <= 80 and 0 <= joint["questions"] <= 80
+    assert stage_1["per_question"] >= 1
+    assert all(labels["per_question"] == (1 if labels["questions"] else 0) for labels in (hard_em, joint))
+    assert "precision" not in stage_1  # this CSV names no gold documents to measure them against
     assert report["validation"]["n"] == 15 and report["validation"]["retriever_recall_at_1"] is not None
     reloaded = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path / "o")
     assert reloaded.config.n_docs == 5 and len(reloaded.retriever.document_index) == len(

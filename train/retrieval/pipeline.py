@@ -4,7 +4,8 @@ quickstart calls `train_retriever_generator` directly).
 
 0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`);
 1. retriever (`retriever_stage`): InfoNCE with mined hard negatives on the gold documents, or, answers only, on
-   pseudo-relevant ones (`pseudo_relevance`: the text test, and the pretrained generator's judgement);
+   pseudo-relevant ones (`pseudo_relevance`: the text test, and the pretrained generator's judgement), then once
+   more on the pseudo-relevant document the trained retriever ranks highest (hard EM);
 2. generator warm start (`generator_stage`): SFT on the top retrieved document;
 3. joint (`joint_stage`), epoch by epoch: pseudo-labels recomputed with the generator's judgement (answers only), the
    top `n_docs` documents read with the marginal likelihood; the validation split picks the best epoch (or none).
@@ -75,6 +76,9 @@ class TrainRetrieverGeneratorArguments:
     picture_copies: bool = field(default=False, metadata={
         "help": "Answers only: a picture that is a copy of the question's own (mutual nearest neighbours) is its "
                 "only relevant picture (for corpora of copies)."})
+    hard_em_epochs: float = field(default=8, metadata={
+        "help": "Answers only: epochs of a second retriever round on each question's pseudo-relevant document that "
+                "the first round's retriever ranks highest (0: none)."})
     retriever_epochs: float = field(default=32, metadata={"help": "Retriever training epochs."})
     retriever_learning_rate: float = field(default=3e-3, metadata={"help": "Retriever learning rate."})
     hard_negatives: int = field(default=8, metadata={"help": "Mined hard negatives per question."})
@@ -153,7 +157,9 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     `args.eval_csv`, test metrics, timings, pseudo-label counts, arguments)."""
     train_task, val_task = load_tasks(args)
     supervised = args.gold_documents and train_task.has_gold_documents
+    hidden_gold = None  # gold documents known but not trained on: what the pseudo-labels are measured against
     if not supervised:
+        hidden_gold = [e.gold_document_ids for e in train_task.examples] if train_task.has_gold_documents else None
         train_task = train_task.without_gold_documents()
     seconds, report = {}, {"supervision": "gold documents" if supervised else "answers only (pseudo-relevance)",
                            "n_train": len(train_task.examples), "n_val": len(val_task.examples)}
@@ -174,13 +180,19 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
                 use_generator=not from_scratch or args.reader_epochs > 0, margin=args.pseudo_relevance_margin,
                 sources=("words", "pictures") if from_scratch else ("retriever", "words", "pictures"),
                 picture_copies=args.picture_copies)
-            report["pseudo_labelled_questions"] = [sum(map(bool, relevance))]
+            report["pseudo_labels"] = [label_quality(relevance, hidden_gold)]
             if not any(relevance):
                 raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing one of its "
                                    "answers; give the documents column or a corpus that holds the answers")
         train_retriever(retriever, retriever_processor, labelled(train_task, relevance), args.output_dir,
                         epochs=args.retriever_epochs, learning_rate=args.retriever_learning_rate,
                         n_negatives=args.hard_negatives, seed=args.seed)
+        if not supervised and args.hard_em_epochs > 0:
+            relevance = relabel(args, model, processor, train_task)
+            report["pseudo_labels"].append(label_quality(relevance, hidden_gold))
+            train_retriever(retriever, retriever_processor, labelled(train_task, relevance), args.output_dir,
+                            epochs=args.hard_em_epochs, learning_rate=args.retriever_learning_rate,
+                            n_negatives=args.hard_negatives, seed=args.seed + 1)
 
     with timed(seconds, "stage 2: generator warm start"):
         model.generator = warm_start_generator(
@@ -192,7 +204,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     with timed(seconds, "stage 3: joint"):
         report["validation_by_epoch"] = [validate(model, processor, val_task)["score"]]
         if args.joint_epochs > 0:
-            train_jointly(args, model, processor, train_task, val_task, peft, supervised, report)
+            train_jointly(args, model, processor, train_task, val_task, peft, supervised, report, hidden_gold)
 
     model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")
     model.save_pretrained(args.output_dir)
@@ -208,8 +220,29 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     return {**report, "seconds": seconds, "arguments": asdict(args)}
 
 
+def relabel(args: TrainRetrieverGeneratorArguments, model, processor, task: RetrievalTask) -> list[list[int]]:
+    """Answers only, once the retriever has been trained: per question, the pseudo-relevant document it ranks highest
+    (`pseudo_relevance_labels` with `best_only`, candidates from every neighbourhood)."""
+    return pseudo_relevance_labels(model, processor, task, args.pseudo_relevance_depth,
+                                   margin=args.pseudo_relevance_margin, picture_copies=args.picture_copies,
+                                   best_only=args.hard_em_epochs > 0)
+
+
+def label_quality(relevance: list[list[int]], gold: list[list[int]] | None) -> dict:
+    """How many questions got pseudo-relevant documents, how many per question, and, where the training CSV names
+    gold documents that were not trained on (`--no_gold_documents`), the share of pseudo-labels that are gold
+    (precision) and of questions with a gold one among them (recall)."""
+    quality = {"questions": sum(map(bool, relevance)),
+               "per_question": round(sum(map(len, relevance)) / max(1, sum(map(bool, relevance))), 3)}
+    if gold is not None:
+        quality["precision"] = round(sum(len(set(r) & set(g)) for r, g in zip(relevance, gold))
+                                     / max(1, sum(map(len, relevance))), 4)
+        quality["recall"] = round(sum(bool(set(r) & set(g)) for r, g in zip(relevance, gold)) / len(gold), 4)
+    return quality
+
+
 def train_jointly(args, model, processor, train_task: RetrievalTask, val_task: RetrievalTask, peft, supervised: bool,
-                  report: dict) -> None:
+                  report: dict, hidden_gold: list[list[int]] | None = None) -> None:
     """Stage 3, epoch by epoch, keeping the weights of the epoch that validates best (the warm start's included)."""
     peft_model = None
     if peft is not None:  # LoRA adapters again (injected in place; the merged weights stay frozen)
@@ -222,10 +255,8 @@ def train_jointly(args, model, processor, train_task: RetrievalTask, val_task: R
     for epoch in range(math.ceil(args.joint_epochs)):
         relevance = [e.gold_document_ids for e in train_task.examples]
         if not supervised:
-            relevance = pseudo_relevance_labels(model, processor, train_task, args.pseudo_relevance_depth,
-                                                margin=args.pseudo_relevance_margin,
-                                                picture_copies=args.picture_copies)
-            report["pseudo_labelled_questions"].append(sum(map(bool, relevance)))
+            relevance = relabel(args, model, processor, train_task)
+            report["pseudo_labels"].append(label_quality(relevance, hidden_gold))
         joint_log += train_joint_epoch(model, processor, train_task, relevance, n_docs=args.n_docs,
                                        epochs=min(1.0, args.joint_epochs - epoch), batch_size=args.joint_batch_size,
                                        generator_learning_rate=args.joint_generator_learning_rate,

@@ -13,6 +13,14 @@ RA-VQA, once it can rank), the text documents nearest the question's words (TF-I
 documents whose pictures are nearest the question's (the image tower, `image_neighbours`), which is how a retriever
 that starts from scratch finds candidates at all. `picture_copies=True` adds the rule for corpora whose pictures are
 copies of the questions' own: a copy found (mutual nearest neighbours) is the only relevant picture.
+
+Both tests pass documents that merely name or show the answer: in a catalogue of digits and their colours, every
+passage giving another digit the same colour holds the answer, and a generator that has not yet learnt to match the
+picture's digit to the passage's cannot tell them apart. `best_only=True` keeps, of the passing candidates, only the
+one the retriever ranks highest: DPR's distant supervision (the highest-ranked passage holding the answer), i.e. hard
+EM (Min et al., 2019). A retriever trained once on every passing candidate ranks the one that is right for the
+question's own reasons (its digit, its picture) above those that are right by chance, so a second round on its
+choice learns from far cleaner labels.
 """
 
 import numpy as np
@@ -105,13 +113,14 @@ def generator_gains(model, processor, examples: list, documents: list[list[dict]
 @torch.no_grad()
 def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 10, use_generator: bool = True,
                             sources: tuple[str, ...] = CANDIDATE_SOURCES, picture_copies: bool = False,
-                            margin: float = 0.0, batch_size: int = 16) -> list[list[int]]:
+                            margin: float = 0.0, best_only: bool = False, batch_size: int = 16) -> list[list[int]]:
     """Per training question, the ids of its pseudo-relevant documents among `depth` candidates from each of
     `sources` ("retriever": the retriever's ranking, "words": `lexical_neighbours`, "pictures": `image_neighbours`).
 
     A candidate is positive when neither test says no and one says yes: it holds an acceptable answer
     (`holds_answer`), and, with `use_generator` (once the generator has been warm-started), reading it raises the
-    generator's belief in the answer by more than `margin` nats (`generator_gains`).
+    generator's belief in the answer by more than `margin` nats (`generator_gains`). With `best_only`, only the
+    positive the retriever scores highest is kept.
     """
     retriever = model.retriever
     neighbourhoods = []
@@ -120,18 +129,19 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         neighbourhoods.append(lexical_neighbours(task, depth))
     if "pictures" in sources:
         neighbourhoods.append(by_picture)
-    if "retriever" in sources:
+    if "retriever" in sources or best_only:
         embeddings, chunk_documents = corpus_embeddings(retriever, processor.retriever_processor, task.corpus)
     positives = []
     for start in range(0, len(task.examples), batch_size):
         examples, rows = task.examples[start:start + batch_size], slice(start, start + batch_size)
         candidates = [n[rows] for n in neighbourhoods]
-        if "retriever" in sources:
+        if "retriever" in sources or best_only:
             queries = processor.retriever_processor.process_queries([e.question for e in examples],
                                                                     [e.image for e in examples]).to(retriever.device)
             scores = max_per_document(retriever.score(retriever.encode_queries(**queries), embeddings),
-                                      chunk_documents, len(task.corpus))
-            candidates.insert(0, scores.topk(min(depth, len(task.corpus)), dim=-1).indices.cpu().numpy())
+                                      chunk_documents, len(task.corpus)).float().cpu().numpy()  # (batch, corpus)
+        if "retriever" in sources:
+            candidates.insert(0, np.argsort(-scores, axis=1, kind="stable")[:, :depth])
         ids = np.concatenate(candidates, 1)
         # Where a neighbourhood has fewer documents (-1), the first one found stands in (document 0 where none was):
         # every question of a batch reads as many candidates, which the generator's batched scoring needs.
@@ -154,5 +164,8 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
                 judged = None if gains is None else bool(gains[b, k] > margin)
                 if holds is not False and judged is not False and (holds or judged):
                     keep.append(int(doc_id))
-            positives.append(list(dict.fromkeys(keep)))
+            keep = list(dict.fromkeys(keep))
+            if best_only and keep:
+                keep = [max(keep, key=lambda doc_id: scores[b, doc_id])]
+            positives.append(keep)
     return positives
