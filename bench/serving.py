@@ -22,10 +22,10 @@ from pathlib import Path
 
 from bench.report import write_report
 from bench.run import machine
-from tests.serve.engine import ROOT, ensure_vllm_venv, offline_answers, vllm_environment
+from tests.serve.engine import ROOT, ensure_vllm_venv, offline_answers, offline_items, vllm_environment
 from tests.serve.run import quickstart_folder
 from tests.test_generate_dataset import build_teacher, write_digits
-from train.common.vqa_data import load_conversations, row_question_answer
+from train.common.vqa_data import load_conversations
 from train.sigphi.evaluation import evaluate_sigphi
 from train.sigphi.loading import load_sigphi
 
@@ -64,12 +64,7 @@ def sigphi_throughput(python: Path, folder: Path, dataset: Path, workdir: Path) 
         start = time.perf_counter()
         evaluate_sigphi(model, processor, rows, batch_size=batch)
         transformers_rates[batch] = round(len(rows) / (time.perf_counter() - start), 1)
-    items = []
-    for index, row in enumerate(rows):
-        path = workdir / f"digit-{index:03d}.png"
-        row["images"][0].save(path)
-        items.append({"image": str(path), "question": row_question_answer(row)[0]})
-    run = offline_answers(python, folder, items, workdir)
+    run = offline_answers(python, folder, offline_items(rows, workdir), workdir)
     return {"n": len(rows), "transformers_answers_per_second": transformers_rates,
             "vllm_answers_per_second": round(len(rows) / run["answer_seconds"], 1),
             "vllm_load_seconds": run["load_seconds"]}

@@ -1,5 +1,5 @@
-"""Multi-process training through accelerate: two CPU processes (gloo) of the QLoRA SFT step reach the same losses
-as one process with the same global batch.
+"""Multi-process training through accelerate: two CPU processes (gloo) reach one process's losses at the same
+global batch, with plain DDP and with the shipped FSDP2 and DeepSpeed configs, and FSDP2 resumes after SIGKILL.
 
 On a machine without a GPU, `accelerate launch --multi_gpu` starts torchrun workers that use gloo (`--cpu` alone
 starts a single process). LoRA dropout is off so both runs draw the same random numbers; what remains is float
@@ -35,31 +35,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def sft_losses(launcher: list[str], model_dir, dataset, output_dir: Path, per_device_batch: int) -> list[float]:
-    """Train `STEPS` QLoRA steps with `launcher` and return the logged loss of every step."""
-    command = [*launcher, "-m", "train.sft", "--model_name_or_path", str(model_dir), "--dataset", str(dataset),
-               "--output_dir", str(output_dir), "--quantization", "4bit", "--lora_r", "4", "--lora_dropout", "0",
-               "--per_device_train_batch_size", str(per_device_batch), "--max_steps", str(STEPS),
-               "--learning_rate", "1e-2", "--seed", "0", "--logging_steps", "1", "--report_to", "none",
-               "--save_strategy", "steps", "--save_steps", str(STEPS), "--save_only_model", "true"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((output_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-
-
-@pytest.mark.multiprocess
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny_dir, digits64, tmp_path):
-    one = sft_losses([sys.executable], tiny_dir, digits64, tmp_path / "one", GLOBAL_BATCH)
-    two = sft_losses([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                      "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())],
-                     tiny_dir, digits64, tmp_path / "two", GLOBAL_BATCH // 2)
-    assert len(one) == len(two) == STEPS
-    assert two[0] == pytest.approx(one[0], rel=1e-5)  # the same first batch, before any update
-    assert two == pytest.approx(one, rel=LOSS_TOLERANCE)
 
 
 # --- the shipped accelerate configs (FSDP2, DeepSpeed ZeRO-2/3), on CPU processes ---------------------------------
@@ -132,6 +107,21 @@ def one_process(tiny_dir, digits64, tmp_path_factory):
         return runs[step]
 
     return output
+
+
+@pytest.mark.multiprocess
+def test_two_processes_train_like_one_with_the_same_global_batch(one_process, tiny_dir, digits64, tmp_path):
+    """Plain DDP (`accelerate launch --multi_gpu`, gloo on CPU) of the QLoRA step logs one process's losses."""
+    step = "train.sft 4-bit"
+    one = logged_losses(one_process(step))
+    run(step_command("train.sft", [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                                   str(free_port())], tiny_dir, digits64, tmp_path / "two", GLOBAL_BATCH // 2,
+                     *STEP_FLAGS[step]), {**os.environ, "OMP_NUM_THREADS": "1"})
+    two = logged_losses(tmp_path / "two")
+    assert len(one) == len(two) == STEPS
+    assert two[0] == pytest.approx(one[0], rel=1e-5)  # the same first batch, before any update
+    assert two == pytest.approx(one, rel=LOSS_TOLERANCE)
 
 
 @pytest.mark.multiprocess

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.compat.matrix import locked_versions
+from train.common.vqa_data import row_question_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SIGPHI_SERVE_CACHE", Path.home() / ".cache" / "sigphi-serve"))
@@ -56,6 +57,17 @@ def ensure_vllm_venv() -> Path:
 
 def vllm_environment() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def offline_items(rows, workdir: Path) -> list[dict]:
+    """The offline engine's items for conversation `rows` (a SigPhi dataset split): each row's picture written as a
+    PNG under `workdir`, with its question."""
+    items = []
+    for index, row in enumerate(rows):
+        path = workdir / f"digit-{index:03d}.png"
+        row["images"][0].save(path)
+        items.append({"image": str(path), "question": row_question_answer(row)[0]})
+    return items
 
 
 def offline_answers(python: Path, folder: Path, items: list[dict], workdir: Path, dtype: str = "float32",

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tests.serve.engine import ROOT, chat_completion, ensure_vllm_venv, offline_answers, served, vllm_environment
+from tests.serve.engine import (ROOT, chat_completion, ensure_vllm_venv, offline_answers, offline_items, served,
+                                vllm_environment)
 from tests.test_generate_dataset import build_teacher, write_digits
 from train.common.vqa_data import conversation, load_conversations, row_question_answer
 from train.sigphi.evaluation import evaluate_sigphi, normalise
@@ -72,14 +73,19 @@ def generate_answer(model, processor, request: Request, max_new_tokens: int = 16
 
 
 @torch.no_grad()
+def choice_token_counts(processor, prompt: str, choices: list[str]) -> list[int]:
+    """How many tokens each choice adds after `prompt` (tokenised together, as both engines score them)."""
+    n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return [len(processor.tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]) - n_prompt
+            for choice in choices]
+
+
 def choice_scores(model, processor, image: Image.Image, prompt: str, choices: list[str]) -> list[float]:
     """log p(choice | image, prompt) for each choice, summed over the choice's tokens, from one forward each."""
-    n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     scores = []
-    for choice in choices:
+    for choice, n_choice in zip(choices, choice_token_counts(processor, prompt, choices)):
         inputs = processor(text=[prompt + choice], images=[[image]], return_tensors="pt")
         ids = inputs["input_ids"][0]
-        n_choice = len(processor.tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]) - n_prompt
         logprobs = model(**inputs).logits[0, :-1].log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
         scores.append(float(logprobs[-n_choice:].sum()))
     return scores
@@ -87,12 +93,8 @@ def choice_scores(model, processor, image: Image.Image, prompt: str, choices: li
 
 def vllm_choice_scores(scored: list[dict], processor, prompt: str, choices: list[str]) -> list[float]:
     """The same sums from vLLM's prompt log-probabilities (one entry of `scored` per choice)."""
-    n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    scores = []
-    for choice, entry in zip(choices, scored):
-        n_choice = len(processor.tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]) - n_prompt
-        scores.append(sum(entry["logprobs"][-n_choice:]))
-    return scores
+    return [sum(entry["logprobs"][-n_choice:]) for entry, n_choice in zip(scored, choice_token_counts(processor, prompt,
+                                                                                                       choices))]
 
 
 def mixed_requests(digit_images: list[Image.Image]) -> list[Request]:
@@ -160,11 +162,7 @@ def main() -> int:
         model, processor = load_sigphi(str(folder))
         reference = evaluate_sigphi(model, processor, test_rows)
         expected = [row_question_answer(row)[1] for row in test_rows]
-        items = []
-        for index, row in enumerate(test_rows):
-            path = workdir / f"digit-{index:03d}.png"
-            row["images"][0].save(path)
-            items.append({"image": str(path), "question": row_question_answer(row)[0]})
+        items = offline_items(test_rows, workdir)
         generated = [answer for _, _, answer in reference["samples"]]
 
         def accuracy(answers: list[str]) -> float:
