@@ -5,18 +5,21 @@ The generator reads each document in its own sequence and is trained with the ma
 (RAG-Sequence), wrong documents included; the retriever's query side is trained through the same loss by way of
 `doc_scores`; each document read is judged on its own (`document_relevance_loss`: the answer from a relevant document,
 no answer from an irrelevant one); and where relevant documents are known (gold, or pseudo-relevant), the
-retriever's InfoNCE over the whole corpus is added. Open-ended questions score their target answer alone (one
-"choice"), so the same code trains both answer kinds.
+retriever's InfoNCE is added, over the batch's candidates: every question's relevant documents and its
+`n_candidates` nearest in the index, so each question's candidates are the others' in-batch negatives. Nothing scores
+the whole corpus (`CorpusSnapshot`): a step costs the same on a corpus of any size. Open-ended questions score their
+target answer alone (one "choice"), so the same code trains both answer kinds.
 """
 
 import json
+import time
 
 import numpy as np
 import torch
 
-from modeling.modeling_retriever import max_per_document, ranking_loss
+from modeling.modeling_retriever import ranking_loss
 from modeling.transformers_compat import disable_activation_checkpointing, is_activation_checkpointing
-from train.retrieval.ranking import corpus_embeddings
+from train.retrieval.ranking import CorpusSnapshot
 from train.retrieval.task import RetrievalTask
 
 
@@ -44,16 +47,18 @@ def document_relevance_loss(doc_choice_scores: torch.Tensor, labels: torch.LongT
 def train_joint_epoch(model, processor, task: RetrievalTask, relevance: list[list[int]] | None = None,
                       n_docs: int = 5, epochs: float = 1, batch_size: int = 8, generator_learning_rate: float = 5e-4,
                       retriever_learning_rate: float = 2e-4, retrieval_loss_weight: float = 1.0,
-                      document_loss_weight: float = 1.0, seed: int = 0, log_every: int = 25) -> list[dict]:
+                      document_loss_weight: float = 1.0, n_candidates: int = 32, seed: int = 0,
+                      log_every: int = 25) -> list[dict]:
     """Train for `epochs` (at most one) on the top `n_docs` retrieved documents, wrong ones included, with the
     marginal likelihood, the retriever's query side through the same loss via `doc_scores` (end to end, as RAG).
 
-    The document side is refreshed, not back-propagated: the corpus is re-embedded with the current weights first
-    (the retriever's towers are shared by queries and documents, so training the query side moves the documents too),
-    and within the epoch the document embeddings are constants. `relevance` (per question, ids of relevant documents:
-    the gold ones, or pseudo-relevant ones) adds, for the questions that have some, the retriever's InfoNCE over the
-    whole corpus and the per-document loss (`document_relevance_loss`). Every question of `task` has the same number
-    of choices (multiple choice), or none (open-ended). Returns the log.
+    The document side is refreshed, not back-propagated: the corpus is re-embedded and indexed with the current
+    weights first (`CorpusSnapshot`; the retriever's towers are shared by queries and documents, so training the query
+    side moves the documents too), and within the epoch the document embeddings are constants. `relevance` (per
+    question, ids of relevant documents: the gold ones, or pseudo-relevant ones) adds, for the questions that have
+    some, the retriever's InfoNCE over the batch's candidates (every question's relevant documents and its
+    `n_candidates` nearest) and the per-document loss (`document_relevance_loss`). Every question of `task` has the
+    same number of choices (multiple choice), or none (open-ended). Returns the log, with the snapshot's time.
     """
     retriever, generator, template = model.retriever, model.generator, model.config.document_template
     if is_activation_checkpointing(generator):  # it turns the KV cache the scoring reuses off
@@ -67,7 +72,9 @@ def train_joint_epoch(model, processor, task: RetrievalTask, relevance: list[lis
     total_steps = max(1, int(np.ceil(min(epochs, 1.0) * n_examples / batch_size)))
     schedule = lambda step: 0.5 * (1 + np.cos(np.pi * step / total_steps))  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    chunk_embeddings, chunk_documents = corpus_embeddings(retriever, processor.retriever_processor, task.corpus)
+    started = time.perf_counter()
+    snapshot = CorpusSnapshot(retriever, processor.retriever_processor, task.corpus)
+    snapshot_seconds = time.perf_counter() - started
     model.train()
     order = rng.permutation(n_examples)
     log, running = [], []
@@ -76,25 +83,26 @@ def train_joint_epoch(model, processor, task: RetrievalTask, relevance: list[lis
         examples = [task.examples[i] for i in rows]
         choices, labels = zip(*(e.scored_choices for e in examples))
         labels = torch.tensor(labels)
-        queries = processor.retriever_processor.process_queries([e.question for e in examples],
-                                                                [e.image for e in examples]).to(retriever.device)
-        all_scores = max_per_document(retriever.score(retriever.encode_queries(**queries), chunk_embeddings),
-                                      chunk_documents, n_corpus)  # (batch, corpus)
-        ids = all_scores.detach().topk(min(n_docs, n_corpus), dim=-1).indices
-        doc_scores = all_scores.gather(1, ids)  # the retriever's logits of the documents read, with grad
+        queries = retriever.encode_queries(**processor.retriever_processor.process_queries(
+            [e.question for e in examples], [e.image for e in examples]).to(retriever.device))  # (batch, dim)
+        nearest = snapshot.search(queries, min(max(n_docs, n_candidates), n_corpus))  # (batch, depth), best first
+        relevant = [relevance[i] if relevance is not None else [] for i in rows]
+        candidates = np.unique(np.concatenate([nearest.ravel(), *map(np.asarray, relevant)]).astype(np.int64))
+        candidate_scores = snapshot.score(queries, candidates)  # (batch, n_candidates) logits, with grad
+        read = nearest[:, :n_docs]  # (batch, n_docs): what the generator reads
+        doc_scores = candidate_scores.gather(1, torch.from_numpy(np.searchsorted(candidates, read)).to(
+            candidate_scores.device))  # the retriever's logits of the documents read
         inputs = processor.marginal_inputs([e.question for e in examples], [e.image for e in examples],
-                                           [task.documents(row) for row in ids.tolist()], list(choices), template)
+                                           [task.documents(row) for row in read.tolist()], list(choices), template)
         output = model(**inputs.to(generator.device), doc_scores=doc_scores, labels=labels)
         loss = output.loss
         retrieval_loss, document_loss = torch.zeros(()), torch.zeros(())
-        known = [b for b, i in enumerate(rows) if relevance is not None and relevance[i]]
+        known = [b for b, ids_b in enumerate(relevant) if ids_b]
         if known:
-            targets = torch.zeros(len(known), n_corpus, dtype=torch.bool)
-            for r, b in enumerate(known):
-                targets[r, relevance[rows[b]]] = True
-            retrieval_loss = ranking_loss(all_scores[known], targets.to(all_scores.device))
-            document_loss = document_relevance_loss(output.doc_choice_scores[known], labels[known],
-                                                    targets.gather(1, ids[known].cpu()))
+            targets = torch.from_numpy(np.stack([np.isin(candidates, relevant[b]) for b in known]))
+            retrieval_loss = ranking_loss(candidate_scores[known], targets.to(candidate_scores.device))
+            read_relevant = torch.from_numpy(np.stack([np.isin(read[b], relevant[b]) for b in known]))
+            document_loss = document_relevance_loss(output.doc_choice_scores[known], labels[known], read_relevant)
             loss = loss + retrieval_loss_weight * retrieval_loss + document_loss_weight * document_loss
         optimizer.zero_grad()
         loss.backward()
@@ -105,9 +113,9 @@ def train_joint_epoch(model, processor, task: RetrievalTask, relevance: list[lis
                         float((output.logits.argmax(-1).cpu() == labels).float().mean())))
         if (step + 1) % log_every == 0 or step + 1 == total_steps:
             mean = np.mean(running, axis=0)
-            log.append({"step": step + 1, "marginal_loss": round(float(mean[0]), 4),
-                        "retrieval_loss": round(float(mean[1]), 4), "document_loss": round(float(mean[2]), 4),
-                        "train_accuracy": round(float(mean[3]), 4)})
+            log.append({"step": step + 1, "snapshot_seconds": round(snapshot_seconds, 2),
+                        "marginal_loss": round(float(mean[0]), 4), "retrieval_loss": round(float(mean[1]), 4),
+                        "document_loss": round(float(mean[2]), 4), "train_accuracy": round(float(mean[3]), 4)})
             print(json.dumps(log[-1]), flush=True)
             running = []
     model.eval()

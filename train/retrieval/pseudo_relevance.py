@@ -26,9 +26,8 @@ choice learns from far cleaner labels.
 import numpy as np
 import torch
 
-from modeling.modeling_retriever import max_per_document
 from train.retrieval.answers import contains_answer
-from train.retrieval.ranking import corpus_embeddings
+from train.retrieval.ranking import CorpusSnapshot
 from train.retrieval.task import RetrievalTask
 
 CANDIDATE_SOURCES = ("retriever", "words", "pictures")
@@ -129,19 +128,17 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         neighbourhoods.append(lexical_neighbours(task, depth))
     if "pictures" in sources:
         neighbourhoods.append(by_picture)
-    if "retriever" in sources or best_only:
-        embeddings, chunk_documents = corpus_embeddings(retriever, processor.retriever_processor, task.corpus)
+    ranks = "retriever" in sources or best_only
+    snapshot = CorpusSnapshot(retriever, processor.retriever_processor, task.corpus) if ranks else None
     positives = []
     for start in range(0, len(task.examples), batch_size):
         examples, rows = task.examples[start:start + batch_size], slice(start, start + batch_size)
         candidates = [n[rows] for n in neighbourhoods]
-        if "retriever" in sources or best_only:
-            queries = processor.retriever_processor.process_queries([e.question for e in examples],
-                                                                    [e.image for e in examples]).to(retriever.device)
-            scores = max_per_document(retriever.score(retriever.encode_queries(**queries), embeddings),
-                                      chunk_documents, len(task.corpus)).float().cpu().numpy()  # (batch, corpus)
+        if ranks:
+            queries = retriever.encode_queries(**processor.retriever_processor.process_queries(
+                [e.question for e in examples], [e.image for e in examples]).to(retriever.device))
         if "retriever" in sources:
-            candidates.insert(0, np.argsort(-scores, axis=1, kind="stable")[:, :depth])
+            candidates.insert(0, snapshot.search(queries, min(depth, len(task.corpus))))
         ids = np.concatenate(candidates, 1)
         # Where a neighbourhood has fewer documents (-1), the first one found stands in (document 0 where none was):
         # every question of a batch reads as many candidates, which the generator's batched scoring needs.
@@ -166,6 +163,6 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
                     keep.append(int(doc_id))
             keep = list(dict.fromkeys(keep))
             if best_only and keep:
-                keep = [max(keep, key=lambda doc_id: scores[b, doc_id])]
+                keep = [keep[int(snapshot.score(queries[b:b + 1], np.array(keep))[0].argmax())]]
             positives.append(keep)
     return positives

@@ -4,6 +4,8 @@ share."""
 import numpy as np
 import torch
 
+from modeling.document_index import DocumentIndex
+from modeling.modeling_retriever import max_per_document
 from train.retrieval.task import RetrievalTask
 
 
@@ -28,14 +30,37 @@ def search_index(retriever, processor, task: RetrievalTask, k: int, return_score
     return ids.numpy()
 
 
-def corpus_embeddings(retriever, processor, corpus: list[dict]) -> tuple[torch.Tensor, torch.LongTensor]:
-    """The corpus's chunk embeddings (n_chunks, dim) with the retriever's current weights and each chunk's document
-    (n_chunks,): what `MultimodalRetrieverModel.score` and `max_per_document` rank a whole corpus with."""
-    was_training = retriever.training
-    retriever.eval()
-    embeddings, document_ids = retriever.embed_documents(corpus, processor)
-    retriever.train(was_training)
-    return torch.from_numpy(embeddings).to(retriever.device), torch.from_numpy(document_ids)
+class CorpusSnapshot:
+    """The corpus embedded once with the retriever's current weights and held still while the query side trains, as
+    RAG refreshes its index rather than back-propagating into it: a FAISS index (`DocumentIndex`) finds each query's
+    nearest documents, and the stored chunk embeddings score the few candidate documents a step needs, with gradients
+    through the queries. Nothing is (queries x corpus), so a step costs the same on 10 k or 200 k documents; only
+    taking the snapshot grows with the corpus.
+    """
+
+    def __init__(self, retriever, processor, corpus: list[dict], factory: str = "Flat",
+                 search_parameters: str | None = None):
+        was_training = retriever.training
+        retriever.eval()
+        embeddings, self.chunk_documents = retriever.embed_documents(corpus, processor)  # (n_chunks, dim), (n_chunks,)
+        retriever.train(was_training)
+        self.retriever, self.embeddings = retriever, torch.from_numpy(np.asarray(embeddings))
+        self.index = DocumentIndex.build(corpus, embeddings, self.chunk_documents, factory, search_parameters)
+
+    def search(self, query_embeds: torch.Tensor, k: int) -> np.ndarray:
+        """(n_queries, k) ids of the documents nearest each query, best first."""
+        return self.index.search(query_embeds.detach().float().cpu().numpy(), k)[1]
+
+    def score(self, query_embeds: torch.Tensor, document_ids: np.ndarray) -> torch.Tensor:
+        """(n_queries, n_ids) retriever logits of the documents `document_ids` (each scored by its best chunk), with
+        gradients through `query_embeds`."""
+        document_ids = np.asarray(document_ids, dtype=np.int64)
+        starts = np.searchsorted(self.chunk_documents, document_ids, "left")  # a document's chunks are contiguous
+        ends = np.searchsorted(self.chunk_documents, document_ids, "right")
+        chunks = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends)])
+        owners = torch.from_numpy(np.repeat(np.arange(len(document_ids)), ends - starts))
+        logits = self.retriever.score(query_embeds, self.embeddings[chunks].to(query_embeds.device))
+        return max_per_document(logits, owners, len(document_ids))
 
 
 def ranking_metrics(ranked_ids: np.ndarray, task: RetrievalTask) -> dict[str, float | None]:
