@@ -13,6 +13,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaIma
 
 from configuration import RetrieverGeneratorConfig
 from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoice, SigPhiForConditionalGeneration
+from modeling.modeling_retriever import max_per_document
 from modeling.modeling_retriever_generator import marginalize
 from processing import RetrieverGeneratorProcessor
 from tests.conftest import hub_user_python
@@ -30,7 +31,7 @@ from train.retrieval.models import build_tiny_retriever, load_generator
 from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, train_retriever_generator
 from train.retrieval.pseudo_relevance import (holds_answer, image_neighbours, lexical_neighbours,
                                               pseudo_relevance_labels)
-from train.retrieval.ranking import rank_documents
+from train.retrieval.ranking import CorpusSnapshot, rank_documents
 from train.retrieval.standins import warm_up_image_tower
 from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
@@ -561,6 +562,30 @@ def test_image_neighbours_find_pictures_and_copies_are_mutual_nearest_neighbours
     nearest, copies = image_neighbours(EmbeddingTable(table), NamesProcessor(), RetrievalTask(examples, corpus), 2)
     assert copies.tolist() == [1, -1, 2, -1, 1]  # two questions showing one drawing share its copy
     assert nearest.tolist() == [[1, 2], [1, 2], [2, 1], [-1, -1], [1, 2]]  # pictured documents only, best first
+
+
+def test_a_corpus_snapshot_finds_and_scores_documents_as_scoring_the_whole_corpus_would(task):
+    """Joint training never scores the whole corpus: its snapshot's index finds each query's nearest documents, and
+    any candidates score exactly as in the (queries x corpus) matrix, a long passage by its best chunk, with gradients
+    through the queries."""
+    retriever, processor = build_tiny_retriever(task)
+    corpus = [*task.corpus, {"text": " ".join(["A passage that the text tower cannot read at once."] * 20),
+                             "image": None}]
+    snapshot = CorpusSnapshot(retriever, processor, corpus)
+    examples = task.examples[:6]
+    queries = retriever.encode_queries(**processor.process_queries([e.question for e in examples],
+                                                                   [e.image for e in examples]))
+    chunks, owners = retriever.embed_documents(corpus, processor)
+    assert (np.bincount(owners) > 1).any()  # the long passage is several chunks
+    whole = max_per_document(retriever.score(queries, torch.from_numpy(chunks)), torch.from_numpy(owners),
+                             len(corpus))  # (6, corpus)
+    candidates = np.array([len(corpus) - 1, 0, 5, 3])
+    scored = snapshot.score(queries, candidates)
+    torch.testing.assert_close(scored, whole[:, candidates], rtol=1e-5, atol=1e-5)
+    assert scored.requires_grad
+    nearest = snapshot.search(queries, 4)
+    expected = whole.detach().topk(4, dim=-1).values
+    torch.testing.assert_close(whole.detach().gather(1, torch.from_numpy(nearest)), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_document_relevance_loss_asks_for_the_answer_from_a_relevant_document_and_no_answer_from_others():
