@@ -204,6 +204,18 @@ def _serving_section() -> list[str]:
         return render_section(json.load(handle))
 
 
+def _large_index_section() -> list[str]:
+    """The "index bigger than RAM" section, re-rendered from the last `python -m bench.large_index` run."""
+    import json
+
+    from bench.large_index import RESULTS, render_section
+
+    if not os.path.exists(RESULTS):
+        return []
+    with open(RESULTS) as handle:
+        return render_section(json.load(handle))
+
+
 def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
     machine = results["machine"]
     header = [
@@ -222,7 +234,8 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
             + _retrieval_section(results, plot_dir)
             + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
             + (token_reduction.report_section(results) if "token_reduction" in results else [])
-            + _quickstart_section(results) + _gpu_section(results) + _real_size_section() + _serving_section())
+            + _quickstart_section(results) + _gpu_section(results) + _real_size_section() + _serving_section()
+            + _large_index_section())
     _plots(results, plot_dir)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(header + body) + "\n")

@@ -9,7 +9,9 @@ The documents (`text` and `image` per row) are saved as Parquet with images embe
 nothing is pickled and a saved model folder carries the corpus it answers from. Embeddings are L2-normalised, so
 inner product is cosine similarity: exact search (`"Flat"`) suits corpora up to ~100 k chunks on a CPU; larger ones
 take a FAISS factory string such as `"IVF1024,Flat"` or `"HNSW32"` with `search_parameters` like `"nprobe=64"` or
-`"efSearch=256"`.
+`"efSearch=256"`. A corpus whose embeddings do not fit in memory is embedded to a `.npy` file and indexed from it
+chunk by chunk, an IVF index's inverted lists in `documents.ivfdata` beside the index, memory-mapped when loaded
+(`large_index`).
 
 faiss and datasets are imported where they are used, so a model folder loads without them.
 """
@@ -22,11 +24,14 @@ from pathlib import Path
 import numpy as np
 from transformers.utils import cached_file
 
+from .large_index import DEFAULT_CHUNK_SIZE, build_faiss_index, on_disk_lists, read_index, write_on_disk_index
+
 logger = logging.getLogger(__name__)
 DOCUMENTS_FILE = "documents.parquet"
 INDEX_FILE = "documents.faiss"
 CHUNKS_FILE = "document_chunks.npy"  # written only when some document has several chunks
 INFO_FILE = "document_index.json"
+IVFDATA_FILE = "documents.ivfdata"  # an on-disk index's inverted lists, named by the index file
 
 
 def _import(module: str, package: str):
@@ -36,8 +41,12 @@ def _import(module: str, package: str):
         raise ImportError(f"The document index needs {module}: pip install {package}") from None
 
 
-def _documents_dataset(documents: list[dict]):
+def _documents_dataset(documents):
+    """`documents` as a `datasets.Dataset` of `text` and `image`; a Dataset (a large corpus, memory-mapped Arrow)
+    is kept as it is."""
     datasets = _import("datasets", "datasets")
+    if isinstance(documents, datasets.Dataset):
+        return documents.select_columns(["text", "image"])
     features = datasets.Features({"text": datasets.Value("string"), "image": datasets.Image()})
     return datasets.Dataset.from_dict({"text": [doc.get("text") for doc in documents],
                                        "image": [doc.get("image") for doc in documents]}, features=features)
@@ -59,16 +68,20 @@ class DocumentIndex:
             _import("faiss", "faiss-cpu").ParameterSpace().set_index_parameters(faiss_index, search_parameters)
 
     @classmethod
-    def build(cls, documents: list[dict], embeddings: np.ndarray, chunk_document_ids: np.ndarray | None = None,
-              factory: str = "Flat", search_parameters: str | None = None, name: str = "corpus") -> "DocumentIndex":
-        """Index `documents` (`{"text": str | None, "image": PIL.Image | None}`) by their chunks' `embeddings`
-        (n_chunks, dim), chunk `c` belonging to document `chunk_document_ids[c]` (default: one chunk each)."""
-        faiss = _import("faiss", "faiss-cpu")
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(embeddings)
-        index.add(embeddings)
+    def build(cls, documents, embeddings: np.ndarray, chunk_document_ids: np.ndarray | None = None,
+              factory: str = "Flat", search_parameters: str | None = None, name: str = "corpus",
+              train_size: int | None = None, on_disk: str | os.PathLike | None = None,
+              chunk_size: int = DEFAULT_CHUNK_SIZE) -> "DocumentIndex":
+        """Index `documents` (`{"text": str | None, "image": PIL.Image | None}` dicts, or a `datasets.Dataset` with
+        those columns) by their chunks' `embeddings` (n_chunks, dim; an array or a memory-mapped `.npy`), chunk `c`
+        belonging to document `chunk_document_ids[c]` (default: one chunk each).
+
+        An index that needs training (IVF, PQ) is trained on `train_size` chunks drawn at random (default: as many
+        as FAISS's k-means reads, 256 per list, so all of a small corpus); chunks are added `chunk_size` at a time.
+        `on_disk` (a file path, IVF only) keeps the inverted lists in that file, memory-mapped.
+        """
+        _import("faiss", "faiss-cpu")
+        index = build_faiss_index(embeddings, factory, train_size, on_disk, chunk_size)
         return cls(_documents_dataset(documents), index, cls._chunks(chunk_document_ids, len(documents)), name,
                    search_parameters)
 
@@ -81,6 +94,9 @@ class DocumentIndex:
     def add(self, documents: list[dict], embeddings: np.ndarray, chunk_document_ids: np.ndarray | None = None,
             name: str | None = None) -> None:
         """Append `documents` (ids from `len(self)` on) and their chunks' embeddings; `name` renames the corpus."""
+        if on_disk_lists(self.faiss_index) is not None:
+            raise ValueError("An index with its lists on disk is not extended in place: build it again "
+                             "(DocumentIndex.build or build_document_index) with every document.")
         datasets = _import("datasets", "datasets")
         offset, n_chunks = len(self), self.faiss_index.ntotal
         chunks = np.arange(len(documents)) if chunk_document_ids is None else np.asarray(chunk_document_ids)
@@ -134,7 +150,11 @@ class DocumentIndex:
         faiss = _import("faiss", "faiss-cpu")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.faiss_index, str(folder / INDEX_FILE))
+        if on_disk_lists(self.faiss_index) is None:
+            faiss.write_index(self.faiss_index, str(folder / INDEX_FILE))
+            (folder / IVFDATA_FILE).unlink(missing_ok=True)
+        else:
+            write_on_disk_index(self.faiss_index, folder / INDEX_FILE, folder / IVFDATA_FILE)
         self.dataset.to_parquet(folder / DOCUMENTS_FILE)
         (folder / CHUNKS_FILE).unlink(missing_ok=True)
         if self.chunk_document_ids is not None:
@@ -144,14 +164,17 @@ class DocumentIndex:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str = "", **hub_kwargs) -> "DocumentIndex | None":
         """The index saved in a local folder or Hub repository, or None if it has none. Folders saved before chunks
-        and names existed (no `document_chunks.npy`, no `document_index.json`) read as one chunk per document."""
+        and names existed (no `document_chunks.npy`, no `document_index.json`) read as one chunk per document.
+        An index saved with its lists on disk (`documents.ivfdata`) has them memory-mapped, read-only."""
+        names = (DOCUMENTS_FILE, INDEX_FILE, CHUNKS_FILE, INFO_FILE, IVFDATA_FILE)
         found = {name: cached_file(str(path), name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
-                                   **hub_kwargs) for name in (DOCUMENTS_FILE, INDEX_FILE, CHUNKS_FILE, INFO_FILE)}
+                                   **hub_kwargs) for name in names}
         if found[DOCUMENTS_FILE] is None or found[INDEX_FILE] is None:
             return None
         datasets = _import("datasets", "datasets")
-        faiss = _import("faiss", "faiss-cpu")
+        _import("faiss", "faiss-cpu")
         info = json.loads(Path(found[INFO_FILE]).read_text()) if found[INFO_FILE] else {}
         chunks = np.load(found[CHUNKS_FILE], allow_pickle=False) if found[CHUNKS_FILE] else None
-        return cls(datasets.Dataset.from_parquet(found[DOCUMENTS_FILE]), faiss.read_index(found[INDEX_FILE]), chunks,
+        return cls(datasets.Dataset.from_parquet(found[DOCUMENTS_FILE]),
+                   read_index(found[INDEX_FILE], on_disk=found[IVFDATA_FILE] is not None), chunks,
                    info.get("name", "corpus"), info.get("search_parameters"))

@@ -31,6 +31,7 @@ from transformers.utils.logging import tqdm
 from configuration.configuration_retriever import MultimodalRetrieverConfig
 
 from .document_index import DocumentIndex
+from .large_index import DEFAULT_CHUNK_SIZE, EmbeddingWriter
 from .self_contained_saving import SelfContainedSaveMixin
 from .transformers_compat import pooled_features
 
@@ -289,32 +290,59 @@ class MultimodalRetrieverModel(MultimodalRetrieverPreTrainedModel):
         return torch.cat(chunks).float().cpu().numpy()
 
     @torch.no_grad()
+    def _embedded_batches(self, documents, processor, batch_size: int, progress: bool | None):
+        """(chunk embeddings, their document ids) per batch of `documents`: a list of `{"text", "image"}` dicts or
+        a `datasets.Dataset` with those columns (whose slices are columns, turned into rows here)."""
+        starts = range(0, len(documents), batch_size)
+        for start in tqdm(starts, desc="embedding documents", unit="batch",
+                          disable=len(starts) < 4 if progress is None else not progress):
+            batch = documents[start:start + batch_size]
+            if isinstance(batch, dict):
+                batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            inputs = processor.process_documents(batch)
+            yield (self.encode_documents(**inputs.to(self.device)).float().cpu().numpy(),
+                   inputs["chunk_document_ids"].numpy() + start)
+
     def embed_documents(self, documents: list[dict], processor, batch_size: int = 256,
                         progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of `{"text", "image"}` documents, made with a `MultimodalRetrieverProcessor` in batches:
         ((n_chunks, projection_dim) float32 chunk embeddings, (n_chunks,) each chunk's document id)."""
-        embeddings, document_ids = [], []
-        starts = range(0, len(documents), batch_size)
-        for start in tqdm(starts, desc="embedding documents", unit="batch",
-                          disable=len(starts) < 4 if progress is None else not progress):
-            inputs = processor.process_documents(documents[start:start + batch_size])
-            document_ids.append(inputs["chunk_document_ids"].numpy() + start)
-            embeddings.append(self.encode_documents(**inputs.to(self.device)).float().cpu().numpy())
-        if not embeddings:
+        batches = list(self._embedded_batches(documents, processor, batch_size, progress))
+        if not batches:
             return np.zeros((0, self.config.projection_dim), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(embeddings), np.concatenate(document_ids)
+        return np.concatenate([e for e, _ in batches]), np.concatenate([ids for _, ids in batches])
 
-    def build_document_index(self, documents: list[dict], processor, factory: str = "Flat",
+    def embed_documents_to_disk(self, documents, processor, path, batch_size: int = 256,
+                                progress: bool | None = None) -> tuple[np.memmap, np.ndarray]:
+        """`embed_documents` for a corpus whose embeddings do not fit in memory: each batch is appended to the
+        `.npy` file `path` as it is made, and the file comes back memory-mapped (read-only), with each chunk's
+        document id (int64, 8 bytes a chunk, in memory)."""
+        writer = EmbeddingWriter(path, self.config.projection_dim)
+        document_ids = [np.zeros(0, np.int64)]
+        for embeddings, ids in self._embedded_batches(documents, processor, batch_size, progress):
+            writer.write(embeddings)
+            document_ids.append(ids)
+        return writer.close(), np.concatenate(document_ids)
+
+    def build_document_index(self, documents, processor, factory: str = "Flat",
                              search_parameters: str | None = None, batch_size: int = 256,
-                             name: str = "corpus") -> DocumentIndex:
+                             name: str = "corpus", embeddings_path=None, index_train_size: int | None = None,
+                             on_disk=None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> DocumentIndex:
         """Embed `documents` with the current weights and make them the corpus `retrieve` searches, under `name`
         (what predictions say they searched).
 
         Call it again with another corpus to retrieve from that one: nothing is retrained. `factory` and
-        `search_parameters` choose the FAISS index (see `DocumentIndex`).
+        `search_parameters` choose the FAISS index (see `DocumentIndex`). For a corpus bigger than memory
+        (`documents` a `datasets.Dataset`): `embeddings_path` streams the embeddings to that `.npy` file instead
+        of memory, `index_train_size` is how many chunks train the index (default 256 per IVF list), and
+        `on_disk` (a file path, IVF factories) keeps the inverted lists in that file; `save_pretrained` copies it
+        beside the index as `documents.ivfdata`.
         """
-        index = DocumentIndex.build(documents, *self.embed_documents(documents, processor, batch_size), factory,
-                                    search_parameters, name=name)
+        embed = (functools.partial(self.embed_documents_to_disk, path=embeddings_path) if embeddings_path
+                 else self.embed_documents)
+        index = DocumentIndex.build(documents, *embed(documents, processor, batch_size=batch_size), factory,
+                                    search_parameters, name=name, train_size=index_train_size, on_disk=on_disk,
+                                    chunk_size=chunk_size)
         self.set_document_index(index)
         return index
 

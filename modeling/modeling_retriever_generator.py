@@ -264,12 +264,14 @@ class RetrieverGeneratorForMultipleChoice(ChoiceScoringMixin, RetrieverGenerator
         return prediction
 
     def index_corpus(self, documents: list[dict], processor: RetrieverGeneratorProcessor, name: str = "corpus",
-                     factory: str = "Flat", search_parameters: str | None = None):
+                     factory: str = "Flat", search_parameters: str | None = None, **large_corpus):
         """Make `documents` (`{"text": str | None, "image": PIL.Image | None}`) the corpus `predict` and `generate`
         search, replacing the index saved with the model (no retraining: the retriever embeds them as they are).
-        `name` is what predictions report they searched; `factory` and `search_parameters` choose the FAISS index."""
+        `name` is what predictions report they searched; `factory` and `search_parameters` choose the FAISS index;
+        `large_corpus` (`embeddings_path`, `index_train_size`, `on_disk`, `chunk_size`) builds it for a corpus
+        bigger than memory, as `MultimodalRetrieverModel.build_document_index` says."""
         return self.retriever.build_document_index(documents, processor.retriever_processor, factory,
-                                                   search_parameters, name=name)
+                                                   search_parameters, name=name, **large_corpus)
 
     @torch.no_grad()
     def generate(self, processor: RetrieverGeneratorProcessor, question: str, image=None,
