@@ -84,13 +84,23 @@ def image_neighbours(retriever, processor, task: RetrievalTask, depth: int) -> t
 
     documents = embed([task.corpus[i]["image"] for i in image_ids])  # (n_pictured_docs, dim)
     pictures = embed([task.examples[i].image for i in with_picture])  # (n_pictures, dim), the same tower
-    similarity = (pictures @ documents.T).float().cpu().numpy()
-    order = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
+    scores, order = exact_search(documents, pictures, min(depth, len(image_ids)))  # (n_pictures, depth) each
     nearest[with_picture, :order.shape[1]] = image_ids[order]
     best = order[:, 0]
-    picked_back = similarity[np.arange(len(best)), best] >= similarity.max(0)[best] - 1e-6
+    best_question_score = exact_search(pictures, documents[best], 1)[0][:, 0]  # each best document's nearest picture
+    picked_back = scores[:, 0] >= best_question_score - 1e-6
     copies[with_picture[picked_back]] = image_ids[best[picked_back]]
     return nearest, copies
+
+
+def exact_search(vectors: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (n_queries, k), of the `k` rows of `vectors` with the largest inner product with each
+    query, best first (FAISS exact search: no (queries x vectors) matrix is kept)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors.float().cpu().numpy()))
+    return index.search(np.ascontiguousarray(queries.float().cpu().numpy()), k)
 
 
 @torch.no_grad()
