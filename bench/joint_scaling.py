@@ -119,7 +119,7 @@ def main() -> None:
     ratios = {"seconds_per_step": round(largest["seconds_per_step"] / smallest["seconds_per_step"], 3),
               "step_memory_added_mb": round(max(largest["step_memory_added_mb"], 1.0)
                                             / max(smallest["step_memory_added_mb"], 1.0), 3)}
-    report = {"machine": machine(), "command": "python -m bench.joint_scaling " + " ".join(sys.argv[1:]),
+    report = {"machine": machine(), "command": " ".join(["python -m bench.joint_scaling", *sys.argv[1:]]),
               "rows": rows, "largest_over_smallest": ratios,
               "within_target": all(ratio <= TARGET_RATIO for ratio in ratios.values())}
     print(json.dumps(report, indent=2))

@@ -192,28 +192,16 @@ def _real_size_section() -> list[str]:
     return sections
 
 
-def _serving_section() -> list[str]:
-    """The serving section, re-rendered from the last `python -m bench.serving` run (`serving.json`)."""
+def _stored_section(module: str) -> list[str]:
+    """A section measured by its own command (`python -m bench.<module>`), re-rendered from the results it stored."""
+    import importlib
     import json
 
-    from bench.serving import RESULTS, render_section
-
-    if not os.path.exists(RESULTS):
+    bench = importlib.import_module(f"bench.{module}")
+    if not os.path.exists(bench.RESULTS):
         return []
-    with open(RESULTS) as handle:
-        return render_section(json.load(handle))
-
-
-def _large_index_section() -> list[str]:
-    """The "index bigger than RAM" section, re-rendered from the last `python -m bench.large_index` run."""
-    import json
-
-    from bench.large_index import RESULTS, render_section
-
-    if not os.path.exists(RESULTS):
-        return []
-    with open(RESULTS) as handle:
-        return render_section(json.load(handle))
+    with open(bench.RESULTS) as handle:
+        return bench.render_section(json.load(handle))
 
 
 def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
@@ -234,8 +222,8 @@ def write_report(results: dict, path: str, plot_dir: str = "docs") -> None:
             + _retrieval_section(results, plot_dir)
             + (retrieval_scoring.report_section(results) if "retrieval_scoring" in results else [])
             + (token_reduction.report_section(results) if "token_reduction" in results else [])
-            + _quickstart_section(results) + _gpu_section(results) + _real_size_section() + _serving_section()
-            + _large_index_section())
+            + _quickstart_section(results) + _gpu_section(results) + _real_size_section()
+            + [line for module in ("serving", "large_index", "joint_scaling") for line in _stored_section(module)])
     _plots(results, plot_dir)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(header + body) + "\n")
