@@ -4,6 +4,7 @@ documents, open-ended answers, and the training and evaluation CLIs."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -318,6 +319,28 @@ def test_saved_folders_load_in_a_hub_users_process(task, saved, tmp_path):
     local = model.predict(processor, example.question, example.image, ["red", "blue", "green", "pink"])
     assert report["documents"] == [doc["text"] for doc in local.documents]
     torch.testing.assert_close(torch.tensor(report["scores"]), local.choice_scores, atol=1e-4, rtol=1e-5)
+
+
+def test_a_retriever_generator_with_an_on_disk_index_answers_in_a_hub_users_process(task, tmp_path):
+    """A corpus indexed with its inverted lists on disk (IVF, `on_disk`) travels in the saved folder; a process
+    without this project loads the folder through the Auto classes, memory-maps the lists and retrieves what the
+    building process retrieved."""
+    model, processor = composite(task, *build_tiny_sigphi())
+    model.index_corpus(task.corpus, processor, factory="IVF4,Flat", search_parameters="nprobe=4",
+                       on_disk=tmp_path / "build" / "lists.ivfdata")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    shutil.rmtree(tmp_path / "build")  # the folder alone must hold the lists
+    assert (folder / "retriever" / "documents.ivfdata").is_file()
+    example = next(e for e in task.examples if e.image is not None)
+    example.image.save(tmp_path / "question.png")
+    result = hub_user_python(HUB_USER_SCRIPT, str(folder), example.question, str(tmp_path / "question.png"),
+                             cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = model.predict(processor, example.question, example.image, ["red", "blue", "green", "pink"])
+    report = next(line for line in result.stdout.splitlines() if line.startswith('{"classes"'))  # faiss prints too
+    assert json.loads(report)["documents"] == [doc["text"] for doc in local.documents]
 
 
 def test_weights_are_saved_once_in_the_subfolders(saved):
