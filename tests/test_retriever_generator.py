@@ -14,6 +14,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaIma
 
 from configuration import RetrieverGeneratorConfig
 from modeling import MultimodalRetrieverModel, RetrieverGeneratorForMultipleChoice, SigPhiForConditionalGeneration
+from modeling.large_index import on_disk_lists
 from modeling.modeling_retriever import max_per_document
 from modeling.modeling_retriever_generator import marginalize
 from processing import RetrieverGeneratorProcessor
@@ -700,7 +701,7 @@ def test_training_from_answers_only(data, tmp_path):
     report = train_retriever_generator(TrainRetrieverGeneratorArguments(
         train_csv=str(data / "train_answers_only.csv"), val_csv=str(data / "val.csv"),
         corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, hard_em_epochs=1,
-        **TINY_RUN))
+        index_factory="IVF4,Flat", index_search_parameters="nprobe=4", on_disk_index=True, **TINY_RUN))
     assert report["supervision"] == "answers only (pseudo-relevance)"
     assert "image_warm_up_loss" in report  # the tiny image tower learns pictures first (the corpus has some)
     stage_1, hard_em, joint = report["pseudo_labels"]
@@ -712,6 +713,10 @@ def test_training_from_answers_only(data, tmp_path):
     reloaded = RetrieverGeneratorForMultipleChoice.from_pretrained(tmp_path / "o")
     assert reloaded.config.n_docs == 5 and len(reloaded.retriever.document_index) == len(
         load_retrieval_task(data / "train_answers_only.csv", data / "train_documents.jsonl").corpus)
+    # The saved index as asked: IVF, its lists on disk beside it (memory-mapped), no scratch files left behind.
+    assert on_disk_lists(reloaded.retriever.document_index.faiss_index) is not None
+    assert (tmp_path / "o" / "retriever" / "documents.ivfdata").is_file()
+    assert not list((tmp_path / "o").glob(".index-*"))
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,11 @@ quickstart calls `train_retriever_generator` directly).
 """
 
 import math
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -94,6 +96,15 @@ class TrainRetrieverGeneratorArguments:
     lora_target_modules: str = field(default=LANGUAGE_MODEL_LORA_TARGETS, metadata={
         "help": "Regex (or 'all-linear') of the generator modules LoRA adapts; the default fits SigPhi."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the pretrained generator in 4-bit."})
+    index_factory: str = field(default="Flat", metadata={
+        "help": "FAISS factory string of the saved corpus index: Flat (exact) up to ~100 k chunks, e.g. "
+                "IVF4096,PQ64np for millions."})
+    index_search_parameters: str | None = field(default=None, metadata={"help": "Its search settings, e.g. nprobe=64."})
+    index_train_size: int | None = field(default=None, metadata={
+        "help": "Chunks an IVF/PQ index is trained on, drawn at random (default: 256 per list)."})
+    on_disk_index: bool = field(default=False, metadata={
+        "help": "Stream the corpus embeddings to disk and keep the saved IVF index's lists on disk, memory-mapped when "
+                "the model is loaded (a corpus bigger than memory)."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, data order and the validation split."})
 
 
@@ -206,9 +217,14 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
         if args.joint_epochs > 0:
             train_jointly(args, model, processor, train_task, val_task, peft, supervised, report, hidden_gold)
 
-    model.retriever.build_document_index(train_task.corpus, retriever_processor, name="training corpus")
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.output_dir, prefix=".index-") as scratch:
+        on_disk = {"embeddings_path": Path(scratch) / "embeddings.npy",
+                   "on_disk": Path(scratch) / "lists.ivfdata"} if args.on_disk_index else {}
+        model.index_corpus(train_task.corpus, processor, "training corpus", args.index_factory,
+                           args.index_search_parameters, index_train_size=args.index_train_size, **on_disk)
+        model.save_pretrained(args.output_dir)  # the lists are copied beside the saved index
+        processor.save_pretrained(args.output_dir)
     with timed(seconds, "validation"):
         report["validation"] = validate(model, processor, val_task, final=True)
     if args.eval_csv:
