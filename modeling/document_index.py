@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from transformers.utils import cached_file
 
-from .large_index import DEFAULT_CHUNK_SIZE, build_faiss_index, on_disk_lists, read_index, write_on_disk_index
+from .large_index import (DEFAULT_CHUNK_SIZE, build_faiss_index, on_disk_lists, optional_import, read_index,
+                          write_on_disk_index)
 
 logger = logging.getLogger(__name__)
 DOCUMENTS_FILE = "documents.parquet"
@@ -34,17 +35,10 @@ INFO_FILE = "document_index.json"
 IVFDATA_FILE = "documents.ivfdata"  # an on-disk index's inverted lists, named by the index file
 
 
-def _import(module: str, package: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"The document index needs {module}: pip install {package}") from None
-
-
 def _documents_dataset(documents):
     """`documents` as a `datasets.Dataset` of `text` and `image`; a Dataset (a large corpus, memory-mapped Arrow)
     is kept as it is."""
-    datasets = _import("datasets", "datasets")
+    datasets = optional_import("datasets", "datasets")
     if isinstance(documents, datasets.Dataset):
         return documents.select_columns(["text", "image"])
     features = datasets.Features({"text": datasets.Value("string"), "image": datasets.Image()})
@@ -65,7 +59,7 @@ class DocumentIndex:
         self.chunk_document_ids = chunk_document_ids
         self.search_parameters = search_parameters
         if search_parameters:
-            _import("faiss", "faiss-cpu").ParameterSpace().set_index_parameters(faiss_index, search_parameters)
+            optional_import("faiss", "faiss-cpu").ParameterSpace().set_index_parameters(faiss_index, search_parameters)
 
     @classmethod
     def build(cls, documents, embeddings: np.ndarray, chunk_document_ids: np.ndarray | None = None,
@@ -80,7 +74,7 @@ class DocumentIndex:
         as FAISS's k-means reads, 256 per list, so all of a small corpus); chunks are added `chunk_size` at a time.
         `on_disk` (a file path, IVF only) keeps the inverted lists in that file, memory-mapped.
         """
-        _import("faiss", "faiss-cpu")
+        optional_import("faiss", "faiss-cpu")
         index = build_faiss_index(embeddings, factory, train_size, on_disk, chunk_size)
         return cls(_documents_dataset(documents), index, cls._chunks(chunk_document_ids, len(documents)), name,
                    search_parameters)
@@ -97,7 +91,7 @@ class DocumentIndex:
         if on_disk_lists(self.faiss_index) is not None:
             raise ValueError("An index with its lists on disk is not extended in place: build it again "
                              "(DocumentIndex.build or build_document_index) with every document.")
-        datasets = _import("datasets", "datasets")
+        datasets = optional_import("datasets", "datasets")
         offset, n_chunks = len(self), self.faiss_index.ntotal
         chunks = np.arange(len(documents)) if chunk_document_ids is None else np.asarray(chunk_document_ids)
         old = np.arange(n_chunks) if self.chunk_document_ids is None else self.chunk_document_ids
@@ -147,7 +141,7 @@ class DocumentIndex:
         return [self.dataset[i] for i in range(len(self))]
 
     def save(self, folder: str | os.PathLike) -> None:
-        faiss = _import("faiss", "faiss-cpu")
+        faiss = optional_import("faiss", "faiss-cpu")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if on_disk_lists(self.faiss_index) is None:
@@ -171,8 +165,8 @@ class DocumentIndex:
                                    **hub_kwargs) for name in names}
         if found[DOCUMENTS_FILE] is None or found[INDEX_FILE] is None:
             return None
-        datasets = _import("datasets", "datasets")
-        _import("faiss", "faiss-cpu")
+        datasets = optional_import("datasets", "datasets")
+        optional_import("faiss", "faiss-cpu")
         info = json.loads(Path(found[INFO_FILE]).read_text()) if found[INFO_FILE] else {}
         chunks = np.load(found[CHUNKS_FILE], allow_pickle=False) if found[CHUNKS_FILE] else None
         return cls(datasets.Dataset.from_parquet(found[DOCUMENTS_FILE]),

@@ -21,6 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+def optional_import(module: str, package: str):
+    """`module` (optional: only the document index needs it), or an ImportError naming the pip package."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"The document index needs {module}: pip install {package}") from None
+
+
 DEFAULT_CHUNK_SIZE = 100_000  # rows added at a time: 100 MB of float32 at d = 256
 # FAISS's k-means reads at most 256 points per centroid (a PQ sub-quantizer has 256 centroids); a larger training
 # sample would be subsampled by FAISS itself.
@@ -30,7 +40,7 @@ POINTS_PER_CENTROID = 256
 def default_train_size(index) -> int:
     """How many vectors `index` (untrained) is trained on unless told: what FAISS's k-means would read at most,
     256 per IVF list and never fewer than one PQ sub-quantizer's 256 x 256."""
-    faiss = __import__("faiss")
+    faiss = optional_import("faiss", "faiss-cpu")
     try:
         n_lists = faiss.extract_index_ivf(index).nlist
     except RuntimeError:  # not an IVF index
@@ -126,7 +136,7 @@ def build_faiss_index(embeddings: np.ndarray, factory: str = "Flat", train_size:
     `default_train_size`; all rows when there are fewer). Vectors are added `chunk_size` rows at a time.
     `on_disk` (a file path; IVF indexes only) keeps the inverted lists in that file instead of memory.
     """
-    faiss = __import__("faiss")
+    faiss = optional_import("faiss", "faiss-cpu")
     index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         index.train(training_sample(embeddings, train_size or default_train_size(index), seed))
@@ -140,8 +150,8 @@ def build_faiss_index(embeddings: np.ndarray, factory: str = "Flat", train_size:
 def fill_on_disk(index, embeddings: np.ndarray, ivfdata: Path, chunk_size: int):
     """`index` (trained, empty IVF) filled from `embeddings` with its inverted lists in `ivfdata`: one shard per
     chunk written to a scratch folder beside `ivfdata`, then merged as `faiss.contrib.ondisk.merge_ondisk` does."""
-    faiss = __import__("faiss")
-    from faiss.contrib.ondisk import merge_ondisk
+    faiss = optional_import("faiss", "faiss-cpu")
+    merge_ondisk = optional_import("faiss.contrib.ondisk", "faiss-cpu").merge_ondisk
 
     try:
         faiss.extract_index_ivf(index)
@@ -163,7 +173,7 @@ def fill_on_disk(index, embeddings: np.ndarray, ivfdata: Path, chunk_size: int):
 
 def on_disk_lists(index):
     """The `faiss.OnDiskInvertedLists` of `index`, or None when its lists are in memory (or it has none)."""
-    faiss = __import__("faiss")
+    faiss = optional_import("faiss", "faiss-cpu")
     try:
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     except RuntimeError:
@@ -175,7 +185,7 @@ def write_on_disk_index(index, index_path: Path, ivfdata_path: Path) -> None:
     """Write `index` to `index_path` with its inverted lists in `ivfdata_path` (copied there unless already there),
     the index naming the data file by its bare name, so the pair moves together and loads with
     `faiss.IO_FLAG_ONDISK_SAME_DIR` wherever the folder is (a Hub cache too)."""
-    faiss = __import__("faiss")
+    faiss = optional_import("faiss", "faiss-cpu")
     lists = on_disk_lists(index)
     source = Path(lists.filename)
     if source.resolve() != ivfdata_path.resolve():
@@ -190,7 +200,7 @@ def write_on_disk_index(index, index_path: Path, ivfdata_path: Path) -> None:
 def read_index(index_path: str, on_disk: bool):
     """The index at `index_path`; `on_disk`: its inverted lists are memory-mapped, read-only, from the data file in
     the same folder."""
-    faiss = __import__("faiss")
+    faiss = optional_import("faiss", "faiss-cpu")
     if not on_disk:
         return faiss.read_index(index_path)
     return faiss.read_index(index_path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
