@@ -168,8 +168,8 @@ def test_fsdp2_resumes_from_a_sharded_checkpoint_after_sigkill(tiny_dir, digits6
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     run(step_command("train.align", launcher, tiny_dir, digits64, uninterrupted, GLOBAL_BATCH // 2), environment)
     command = step_command("train.align", launcher, tiny_dir, digits64, killed, GLOBAL_BATCH // 2)
-    launch = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    launch = subprocess.Popen(command, env={**environment, "SIGPHI_HOLD_AFTER_CHECKPOINT": "3"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (killed / "checkpoint-3" / "trainer_state.json").exists():
         assert launch.poll() is None and time.monotonic() < deadline, "no checkpoint before the launch ended"

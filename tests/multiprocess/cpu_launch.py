@@ -10,13 +10,16 @@ that one promotion for MULTI_CPU, then runs the step as `python -m` would, so th
 through the same FSDP2 code as on GPUs (`fully_shard`, DTensor parameters, sharded checkpoints). DeepSpeed needs
 no help (its CPU accelerator talks gloo). After training each process writes what it trained with to
 `$SIGPHI_LAUNCH_REPORT-<rank>.json`: the distributed type, DTensor parameters (FSDP2), parameters partitioned by
-ZeRO-3 and the ZeRO stage. It is not a supported way to train on CPUs (2 cores gain nothing from sharding).
+ZeRO-3 and the ZeRO stage. With `$SIGPHI_HOLD_AFTER_CHECKPOINT=N` every process stops after saving checkpoint N
+and waits to be killed, so an interruption test kills a run that is certainly mid-way, however loaded the machine.
+It is not a supported way to train on CPUs (2 cores gain nothing from sharding).
 """
 
 import json
 import os
 import runpy
 import sys
+import time
 
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
@@ -65,8 +68,25 @@ def report_what_trained() -> None:
     Trainer.train = train
 
 
+def hold_after_checkpoint(step: int) -> None:
+    """Once checkpoint `step` is saved (every process past the save), wait to be killed."""
+    from transformers import Trainer
+
+    original_save = Trainer._save_checkpoint
+
+    def save(self, *args, **kwargs):
+        original_save(self, *args, **kwargs)
+        if self.state.global_step == step:
+            self.accelerator.wait_for_everyone()
+            time.sleep(3600)
+
+    Trainer._save_checkpoint = save
+
+
 if __name__ == "__main__":
     promote_cpu_launch_to_fsdp()
     report_what_trained()
+    if os.environ.get("SIGPHI_HOLD_AFTER_CHECKPOINT"):
+        hold_after_checkpoint(int(os.environ["SIGPHI_HOLD_AFTER_CHECKPOINT"]))
     module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
