@@ -13,20 +13,12 @@ import torch
 from modeling import DocumentIndex, MultimodalRetrieverModel
 from modeling.large_index import EmbeddingWriter, build_faiss_index, on_disk_lists, training_sample
 from tests.conftest import hub_user_python
+from tests import test_retriever_model
 from tests.test_retriever_model import LONG_PASSAGE
-from train.bundled_data.retrieval_vqa import write_retrieval_vqa
 from train.retrieval.models import build_tiny_retriever
-from train.retrieval.task import load_retrieval_task
 
+task = test_retriever_model.task  # the retriever tests' small bundled task (a module-scoped fixture)
 N, DIM, FACTORY = 3000, 16, "IVF16,PQ8np"  # np: no polysemous training, seconds of it per PQ
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("retrieval_vqa")
-    write_retrieval_vqa(folder, n_train_catalogues=4, n_val_catalogues=1, n_test_catalogues=1, n_train_archive=20,
-                        n_val_archive=2, n_test_archive=4, n_distractor_catalogues=1, n_distractor_drawings=3)
-    return load_retrieval_task(folder / "train.csv", folder / "corpus.jsonl")
 
 
 @pytest.fixture(scope="module")
