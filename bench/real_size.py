@@ -1,4 +1,5 @@
-"""Real size, proven: docs/training.md's SigLIP-SO400M/14 + Phi-3-mini recipe run end to end with random-weight stand-ins.
+"""Real size, proven: docs/training.md's SigLIP-SO400M/14 + Phi-3-mini recipe run end to end with random-weight
+stand-ins.
 
     nice -n 10 python -m bench.real_size            # ≤ 60 min on 2 CPU cores; writes BENCHMARKS.md "Real size"
 
@@ -113,7 +114,8 @@ def make_standins(folder: Path, shapes: str) -> None:
     model.save_pretrained(folder / "phi3", max_shard_size="5GB")
     phi3_shaped_tokenizer().save_pretrained(folder / "phi3")
     n_text = sum(p.numel() for p in model.parameters())
-    print("result:", json.dumps({"vision_parameters": n_vision, "text_parameters": n_text, "text_dtype": str(model.dtype)}))
+    print("result:", json.dumps({"vision_parameters": n_vision, "text_parameters": n_text,
+                                 "text_dtype": str(model.dtype)}))
 
 
 def load_4bit(folder: str, compute_dtype: str = "auto") -> None:
@@ -161,8 +163,9 @@ processor.save_pretrained(resaved)
 del model
 again = AutoModelForImageTextToText.from_pretrained(resaved, trust_remote_code=True, **kwargs)
 tokens_again, _, _ = answer(again, AutoProcessor.from_pretrained(resaved, trust_remote_code=True))
-print("result:", json.dumps({"class": type(again).__name__, "module": type(again).__module__, "prompt_tokens": prompt_tokens,
-                  "generated": tokens, "generate_seconds": round(seconds, 1), "same_after_reload": tokens == tokens_again}))
+print("result:", json.dumps({"class": type(again).__name__, "module": type(again).__module__,
+                             "prompt_tokens": prompt_tokens, "generated": tokens,
+                             "generate_seconds": round(seconds, 1), "same_after_reload": tokens == tokens_again}))
 assert tokens == tokens_again, (tokens, tokens_again)
 '''
 
@@ -358,7 +361,8 @@ def run(args) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), native bf16: "
                    f"{cpu_has_native_bf16()}, torch {torch.__version__}, Python {platform.python_version()}",
-        "shapes": args.shapes, "on_cpu": on_cpu, "img_size": args.img_size or (224 if on_cpu else 384), "total_seconds": round(time.time() - started, 1),
+        "shapes": args.shapes, "on_cpu": on_cpu, "img_size": args.img_size or (224 if on_cpu else 384),
+        "total_seconds": round(time.time() - started, 1),
         "command": args.command_line, "steps": results,
     }
     with open(work / "results.json", "w") as handle:
@@ -391,9 +395,10 @@ def results_file(summary: dict) -> Path:
 def render_section(summary: dict) -> str:
     steps = {s["step"]: s for s in summary["steps"]}
     lines = [section_title(summary), "",
-             f"Written by `{summary['command']}` ({summary['date']}; whole run {summary['total_seconds'] / 60:.1f} min) "
-             f"on {summary['machine']}. Every step is the command of docs/training.md, run in its own process; the stand-ins "
-             "are random weights of the real shapes (timm `vit_so400m_patch14_siglip_384`, Phi-3-mini-4k's "
+             f"Written by `{summary['command']}` ({summary['date']}; whole run "
+             f"{summary['total_seconds'] / 60:.1f} min) on {summary['machine']}. Every step is the command of "
+             "docs/training.md, run in its own process; the stand-ins are random weights of the real shapes "
+             "(timm `vit_so400m_patch14_siglip_384`, Phi-3-mini-4k's "
              "config in bf16, a tokenizer with Phi-3's 32,011 ids), built locally. Peak RSS is the child's "
              "`ru_maxrss`; it counts the pages of memory-mapped checkpoint files, so the anonymous part (memory the "
              "process itself holds, sampled from `/proc`) is given beside it.", ""]
@@ -418,7 +423,8 @@ def render_section(summary: dict) -> str:
         lines += ["", *[f"- {s['step']}: {s['error']}" for s in failures]]
     bf16 = steps.get("build_model", {}).get("folder_bytes")
     if bf16:
-        lines += ["", f"bf16 model size (the built folder's safetensors): **{bf16 / 2**30:.2f} GiB** ({bf16:,} bytes).", ""]
+        lines += ["", f"bf16 model size (the built folder's safetensors): **{bf16 / 2**30:.2f} GiB** "
+                      f"({bf16:,} bytes).", ""]
         for name, goal, what in [("build_model", 1.2, "building from parts"),
                                  ("load 4-bit", 0.6, "4-bit loading of the built folder"),
                                  ("merge_lora", None, "merging the adapter (bf16 written)")]:
@@ -428,17 +434,17 @@ def render_section(summary: dict) -> str:
                 target = f" (goal ≤ {goal}×: RSS {'meets' if rss <= goal else 'misses'}, anonymous " \
                          f"{'meets' if anon <= goal else 'misses'})" if goal else ""
                 lines.append(f"- {what}: peak RSS **{rss:.2f}×**, anonymous **{anon:.2f}×** the bf16 size{target}")
-        lines += ["", "Where peak RSS passes a goal that the anonymous memory meets, the difference is the checkpoint's "
-                  "file pages: transformers (5.24, `modeling_utils.py` line 4579) opens every shard with "
+        lines += ["", "Where peak RSS passes a goal that the anonymous memory meets, the difference is the "
+                  "checkpoint's file pages: transformers (5.24, `modeling_utils.py` line 4579) opens every shard with "
                   "`safe_open(..., backend=\"mmap\")` and closes them only after the last weight is loaded (line "
                   "4600), so every page it read stays mapped, and counted in RSS, until then. They are clean page "
                   "cache the kernel can drop under memory pressure, not memory the process holds.", ""]
         for s in summary["steps"]:
             if s.get("train_runtime_seconds"):
                 n_steps = re.search(r"--max_steps (\d+)", s["command"])
-                lines.append(f"- {s['step']}: training loop (TRL's `train_runtime`) {s['train_runtime_seconds']:.0f} s for "
-                             f"{n_steps.group(1) if n_steps else '?'} step(s); the rest of its wall time is loading, "
-                             "quantizing and saving")
+                lines.append(f"- {s['step']}: training loop (TRL's `train_runtime`) "
+                             f"{s['train_runtime_seconds']:.0f} s for {n_steps.group(1) if n_steps else '?'} step(s); "
+                             "the rest of its wall time is loading, quantizing and saving")
         final = steps.get("merge_lora", {}).get("folder_dtypes")
         if final:
             lines.append(f"- merged folder's tensors by dtype (bytes): {final}")
@@ -469,7 +475,8 @@ def main() -> None:
     parser.add_argument("--sft_steps", type=int, default=2)
     parser.add_argument("--max_rss_gb", type=float, default=16.0)
     parser.add_argument("--img_size", type=int, default=None,
-                        help="Image size of the tower (default: 224 on a CPU, as docs/training.md allows there; 384 on a GPU).")
+                        help="Image size of the tower (default: 224 on a CPU, as docs/training.md allows there; "
+                             "384 on a GPU).")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="Passed to align and sft (auto: bf16 where the device computes it natively, else fp32).")
     parser.add_argument("--time_budget_min", type=float, default=60.0)

@@ -73,7 +73,8 @@ def _quantization_section(results: dict) -> list[str]:
 
 def _retrieval_section(results: dict, plot_dir: str) -> list[str]:
     lines = ["## 6. Retrieval index scaling (d = 256, top-10, single queries)", "",
-             "| data | documents | index | build (s) | p50 (ms) | p99 (ms) | recall@10 |", "|---|---|---|---|---|---|---|"]
+             "| data | documents | index | build (s) | p50 (ms) | p99 (ms) | recall@10 |",
+             "|---|---|---|---|---|---|---|"]
     for key, entry in results["retrieval"].items():
         kind, n = key.split()
         for row in entry["rows"]:
@@ -100,7 +101,8 @@ def _quickstart_section(results: dict) -> list[str]:
     code = quick["code"]
     parts = {part: metrics for part, metrics in quick.items() if part != "code"}
     lines = ["## 9. Quickstart (`make quickstart`, read from its metrics.json)", "",
-             f"Run on commit {code['commit'][:7]} at {code['date']}.", "", "| part | stage | seconds |", "|---|---|---|"]
+             f"Run on commit {code['commit'][:7]} at {code['date']}.", "",
+             "| part | stage | seconds |", "|---|---|---|"]
     for part, metrics in parts.items():
         for stage, seconds in metrics.get("stage_seconds", {}).items():
             lines.append(f"| {part} | {stage} | {seconds} |")
@@ -141,8 +143,8 @@ def _gpu_section(results: dict) -> list[str]:
     qlora = gpu.get("qlora", {})
     if "peak_reserved_gb" in qlora:
         verdict = "meets" if qlora["peak_reserved_gb"] <= 10 else "misses"
-        lines += ["", f"QLoRA at batch {qlora['batch']} × seq {qlora['seq_len']}: peak {qlora['peak_reserved_gb']:.2f} GB "
-                      f"reserved (goal ≤ 10 GB: **{verdict}**)."]
+        lines += ["", f"QLoRA at batch {qlora['batch']} × seq {qlora['seq_len']}: "
+                      f"peak {qlora['peak_reserved_gb']:.2f} GB reserved (goal ≤ 10 GB: **{verdict}**)."]
     return lines + [""]
 
 

@@ -162,7 +162,8 @@ def report_section(results: dict) -> list[str]:
              f"question, {scoring['n_questions']} questions, median of {scoring['repeats']} passes x 2 rounds)", "",
              "| torch threads | generator | vocabulary | before: per-pair (questions/s) | after: cached prompt, one "
              "question at a time | speed-up | after: cached, 8 questions per batch | speed-up | max abs score "
-             "difference | decoder positions per question, before → after |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "difference | decoder positions per question, before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(threads, name, row) for threads, shapes in scoring["by_threads"].items() for name, row in shapes.items()]
     for threads, name, row in rows:
         lines.append(f"| {threads} | {name} | {row['vocab_size']:,} | {row['per_pair_questions_per_second']:.2f} | "

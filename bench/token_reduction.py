@@ -140,7 +140,8 @@ def run(quick: bool = False, repeats: int = 3, new_tokens: int = 32, rounds: int
     llava = results["llava"]
     for result in results.values():
         result["train_step_ratio"] = result["train_step_seconds"] / llava["train_step_seconds"]
-        result["time_to_first_token_ratio"] = result["time_to_first_token_seconds"] / llava["time_to_first_token_seconds"]
+        result["time_to_first_token_ratio"] = (result["time_to_first_token_seconds"]
+                                               / llava["time_to_first_token_seconds"])
         result["decode_speed_ratio"] = result["decode_tokens_per_second"] / llava["decode_tokens_per_second"]
         result["peak_rss_ratio"] = result["peak_rss_mb"] / llava["peak_rss_mb"]
     return {"shape": shape.__dict__, "repeats": repeats, "rounds": rounds, "new_tokens": new_tokens,

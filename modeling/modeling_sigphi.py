@@ -236,7 +236,8 @@ class SigPhiModel(SigPhiPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_outputs = image_features = None
         if pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values, output_hidden_states=kwargs.get("output_hidden_states"),
+            image_outputs = self.get_image_features(pixel_values,
+                                                    output_hidden_states=kwargs.get("output_hidden_states"),
                                                     output_attentions=kwargs.get("output_attentions"), return_dict=True)
             image_features = image_outputs.pooler_output
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
@@ -264,7 +265,8 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
     # Also with the `model.` prefix here: bitsandbytes' quantizer matches names from the start of the module path.
-    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector"]
+    _keep_in_fp32_modules = ["vision_tower", "multi_modal_projector",
+                             "model.vision_tower", "model.multi_modal_projector"]
 
     def __init__(self, config: SigPhiConfig):
         super().__init__(config)
@@ -377,7 +379,8 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
     ) -> torch.LongTensor:
-        """Ignore labels at `<image>` positions and at padding (by the attention mask, so pad == eos still trains EOS)."""
+        """Ignore labels at `<image>` positions and at padding (by the attention mask, so pad == eos still trains
+        EOS)."""
         ignored = self.model.get_placeholder_mask(input_ids, inputs_embeds)
         if attention_mask is not None and attention_mask.dim() == 2:
             ignored = ignored | (attention_mask == 0)
@@ -420,7 +423,8 @@ class SigPhiForConditionalGeneration(SigPhiPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             labels = self.mask_ignored_labels(labels, input_ids, inputs_embeds, attention_mask)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      **kwargs)
 
         return SigPhiCausalLMOutputWithPast(
             loss=loss,

@@ -48,7 +48,8 @@ def test_from_pretrained_components_keeps_every_pretrained_weight(pretrained_par
 def test_model_built_from_parts_saves_and_reloads_exactly(pretrained_parts, tmp_path):
     model, processor = SigPhiForConditionalGeneration.from_pretrained_components(
         vision_model=TINY_VISION_MODEL, text_model=str(pretrained_parts / "phi3"),
-        vision_kwargs={**VISION_SHAPE, "pretrained_cfg_overlay": {"file": str(pretrained_parts / "siglip.safetensors")}})
+        vision_kwargs={**VISION_SHAPE,
+                       "pretrained_cfg_overlay": {"file": str(pretrained_parts / "siglip.safetensors")}})
     model.eval().save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()

@@ -124,7 +124,8 @@ print(json.dumps(output[0, inputs["input_ids"].shape[1]:].tolist()))
 
 SIGPHI_FILES = {"config.json", "generation_config.json", "model.safetensors", "configuration_sigphi.py",
                 "modeling_sigphi.py", "processing_sigphi.py", "self_contained_saving.py", "model_card.py",
-                "timm_vision.py", "transformers_compat.py", "processor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "README.md"}
+                "timm_vision.py", "transformers_compat.py", "processor_config.json", "chat_template.jinja",
+                "tokenizer.json", "tokenizer_config.json", "README.md"}
 
 
 @pytest.mark.parametrize("push", [push_with_push_to_hub, push_with_save_pretrained], ids=["push_to_hub",

@@ -142,7 +142,8 @@ def test_save_and_load_round_trip_keeps_template_and_expansion(tiny, tmp_path):
     assert loaded.image_seq_length == processor.image_seq_length
     assert loaded.chat_template == processor.chat_template
     text, images = [chat(processor)], [[random_image(3)]]
-    a, b = processor(text=text, images=images, return_tensors="pt"), loaded(text=text, images=images, return_tensors="pt")
+    a = processor(text=text, images=images, return_tensors="pt")
+    b = loaded(text=text, images=images, return_tensors="pt")
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
 
 

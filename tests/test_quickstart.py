@@ -19,7 +19,8 @@ processor.tokenizer.padding_side = "left"
 digits = load_digits()
 indices = [i for i in range(len(digits.images)) if i % 5 == 0][:40]
 images = [[Image.fromarray(np.round(digits.images[i] * 255 / 16).astype(np.uint8))] for i in indices]
-messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What digit is shown in this image?"}]}]
+messages = [{"role": "user",
+             "content": [{"type": "image"}, {"type": "text", "text": "What digit is shown in this image?"}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = processor(text=[prompt] * len(indices), images=images, return_tensors="pt", padding=True)
 with torch.no_grad():
@@ -33,7 +34,8 @@ print(sum(a.strip() == str(digits.target[i]) for a, i in zip(answers, indices)) 
 def quickstart(tmp_path_factory):
     output = tmp_path_factory.mktemp("quickstart")
     result = subprocess.run([sys.executable, "-m", "train.quickstart", "--output_dir", str(output)],
-                            capture_output=True, text=True, timeout=2700)  # first run also builds the stand-in generator
+                            # the first run also builds the stand-in generator
+                            capture_output=True, text=True, timeout=2700)
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 

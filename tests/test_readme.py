@@ -2,13 +2,12 @@
 `NOT_RUN` with the reason.
 
 The blocks of a page run in its order in one scratch folder of that page, so a later block finds what an earlier one
-wrote, as a reader's would. Only the substitutions README itself announces are made ("Every other command and snippet
-in this README and in `docs/` is run by tests/test_readme.py..."): Hub checkpoints become local stand-ins of the same kind (a tiny Phi-3
-folder, timm weights of the same timm model at a tiny shape, a tiny SmolVLM-architecture teacher answering about
-bundled digits), training steps stop after 2 optimizer steps, the retriever-generator trains for a fraction of an
-epoch, and absolute scratch paths (`/tmp/rg/...`) move into the scratch folder. Everything else — flags, paths,
-the order of the steps — is the README's, so README cannot drift from the code.
-"""
+wrote, as a reader's would. Only the substitutions README itself announces are made ("Every other command and
+snippet in this README and in `docs/` is run by tests/test_readme.py..."): Hub checkpoints become local stand-ins of
+the same kind (a tiny Phi-3 folder, timm weights of the same timm model at a tiny shape, a tiny SmolVLM-architecture
+teacher answering about bundled digits), training steps stop after 2 optimizer steps, the retriever-generator trains
+for a fraction of an epoch, and absolute scratch paths (`/tmp/rg/...`) move into the scratch folder. Everything else
+— flags, paths, the order of the steps — is the README's, so README cannot drift from the code."""
 
 import json
 import os

@@ -57,7 +57,8 @@ def main(args: BuildModelArguments) -> None:
     if args.image_token_reduction < 1:
         raise InvalidInput(f"--image_token_reduction must be 1 or more, got {args.image_token_reduction}")
     if args.preset == "tiny":
-        model, processor = build_tiny_sigphi(args.seed, args.vision_feature_layer, vision_kwargs=parse_vision_kwargs(args),
+        model, processor = build_tiny_sigphi(args.seed, args.vision_feature_layer,
+                                             vision_kwargs=parse_vision_kwargs(args),
                                              image_token_reduction=args.image_token_reduction)
     elif args.vision_model and args.text_model:
         model, processor = SigPhiForConditionalGeneration.from_pretrained_components(

@@ -100,7 +100,8 @@ def _json_questions(text: str, source: str) -> list[str]:
     try:
         questions = json.loads(text)
     except json.JSONDecodeError as error:
-        raise InvalidInput(f"{source}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+        raise InvalidInput(f"{source}: invalid JSON at line {error.lineno}, column {error.colno}: "
+                           f"{error.msg}") from None
     if not isinstance(questions, list):
         raise InvalidInput(f"{source}: expected a JSON list of questions")
     for number, question in enumerate(questions, start=1):

@@ -96,7 +96,8 @@ def narrow_retriever(seed: int = 0):
         image_model_name="resnet18",
         image_model_kwargs={"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16], "stem_width": 8},
         image_size=16, projection_dim=32, text_pooling="mean")
-    return MultimodalRetrieverModel(config).eval(), MultimodalRetrieverProcessor.from_retriever_config(tokenizer, config)
+    processor = MultimodalRetrieverProcessor.from_retriever_config(tokenizer, config)
+    return MultimodalRetrieverModel(config).eval(), processor
 
 
 @torch.no_grad()

@@ -46,7 +46,8 @@ class DeprecationLog(logging.Handler):
 
 def load_case(case: Path):
     probe = json.loads((case / "probe.json").read_text())
-    return case / "model", Image.open(case / "probe.png").convert("RGB"), probe, load_file(case / "expected.safetensors")
+    expected = load_file(case / "expected.safetensors")
+    return case / "model", Image.open(case / "probe.png").convert("RGB"), probe, expected
 
 
 def chat_prompt(processor, question: str, answer: str | None = None) -> str:
@@ -69,7 +70,8 @@ def check_sigphi_loads(folder: Path, **_) -> None:
     loaded = {"AutoConfig": AutoConfig.from_pretrained(folder, trust_remote_code=True),
               "AutoModel": AutoModel.from_pretrained(folder, trust_remote_code=True),
               "AutoModelForCausalLM": AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True),
-              "AutoModelForImageTextToText": AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True),
+              "AutoModelForImageTextToText": AutoModelForImageTextToText.from_pretrained(folder,
+                                                                                         trust_remote_code=True),
               "AutoProcessor": AutoProcessor.from_pretrained(folder, trust_remote_code=True)}
     expected = {"AutoConfig": "SigPhiConfig", "AutoModel": "SigPhiModel",
                 "AutoModelForCausalLM": "SigPhiForConditionalGeneration",
@@ -109,7 +111,8 @@ def check_sigphi_batched_generate(folder: Path, image, probe: dict, **_) -> None
         alone = processor(text=[prompt], images=[sample_images], return_tensors="pt")
         new_tokens = model.generate(**alone, **probe["generate_kwargs"])[:, alone["input_ids"].shape[1]:]
         if not torch.equal(new_tokens[0], together[index]):
-            raise AssertionError(f"prompt {index}: batched {together[index].tolist()} != alone {new_tokens[0].tolist()}")
+            raise AssertionError(f"prompt {index}: batched {together[index].tolist()} "
+                                 f"!= alone {new_tokens[0].tolist()}")
 
 
 def check_sigphi_pipeline(folder: Path, image, probe: dict, **_) -> None:
@@ -173,7 +176,8 @@ def run_check(check, case: Path, deprecations: DeprecationLog) -> str:
             check(folder=folder, image=image, probe=probe, expected=expected)
     except Exception as error:  # reported, not raised: the table shows every check
         frame = traceback.extract_tb(error.__traceback__)[-1]
-        return f"FAIL {type(error).__name__}: {str(error).splitlines()[0][:300]} ({Path(frame.filename).name}:{frame.lineno})"
+        where = f"{Path(frame.filename).name}:{frame.lineno}"
+        return f"FAIL {type(error).__name__}: {str(error).splitlines()[0][:300]} ({where})"
     if deprecations.messages:
         return f"FAIL deprecation logged: {deprecations.messages[0]}"
     return "ok"
