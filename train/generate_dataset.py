@@ -254,7 +254,6 @@ def main(args: GenerateDatasetArguments) -> None:
                  enumerate((name, question) for name, _ in sources for question in questions)}
         merge_shards(output_dir, order)
         write_splits(output_dir, args.test_fraction)
-    processes.destroy_process_group()  # leave gloo/NCCL cleanly (an exit with live gloo threads can abort)
 
 
 def write_splits(output_dir: Path, test_fraction: float) -> None:

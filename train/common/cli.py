@@ -40,6 +40,18 @@ def run_cli(main: Callable, *argument_classes: type, argv: list[str] | None = No
         if unknown:
             raise InvalidInput(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
         main(*parsed)
+        leave_process_group()
     except (InvalidInput, FileNotFoundError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def leave_process_group() -> None:
+    """After a step that succeeded under `accelerate launch`, leave the process group before the interpreter exits:
+    a process that exits while gloo's worker threads still hold work can abort during shutdown ("terminate called
+    without an active exception", SIGABRT), and the launcher then kills the others mid-save. Only on success, as
+    torchtitan does: destroying the group while other processes are still in a collective can hang."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

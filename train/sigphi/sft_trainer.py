@@ -62,9 +62,4 @@ def train_with_sft(model, processor, training_args, train_dataset, eval_dataset=
     if trainer.is_fsdp_enabled:  # checkpoints stay sharded (fast, resumable); the final folder is one full model
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
-    # Every process leaves the process group before exiting: one that exits while gloo's worker threads still hold
-    # work aborts during interpreter shutdown ("terminate called without an active exception", SIGABRT), and the
-    # launcher then kills the others mid-save.
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
     return trainer
