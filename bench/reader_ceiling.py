@@ -14,13 +14,15 @@ import csv
 import json
 from pathlib import Path
 
-import torch
+from datasets import Dataset
 from sklearn.datasets import load_digits
 
+from train.common.vqa_data import conversation_row
 from train.retrieval.evaluation import multiple_choice_accuracy
 from train.retrieval.generator_stage import warm_start_generator
 from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, build_model, load_tasks
 from train.retrieval.standins import DIGIT_WORDS
+from train.sigphi.evaluation import evaluate_sigphi
 
 KINDS = ("digit", "drawing")  # catalogue questions ("... what colour is this digit?"), archive ones ("... drawing?")
 
@@ -38,29 +40,19 @@ def oracle_by_kind(model, processor, task) -> dict[str, dict]:
 
 
 def digits_named(model, processor, task, data: Path) -> dict:
-    """Share of the "digit" questions whose pictured digit the generator names ("What digit is this?", greedy); the
-    picture's file name (the CSV's `question_image`) is its index in `load_digits`, as `train.make_dataset` writes
-    it."""
+    """Share of the "digit" questions whose pictured digit the generator names ("What digit is this?", the reading
+    stand-in's question, through `evaluate_sigphi`); the picture's file name (the CSV's `question_image`) is its index
+    in `load_digits`, as `train.make_dataset` writes it."""
     targets = load_digits().target
-    generator, generator_processor = model.generator, processor.generator_processor
-    generator_processor.tokenizer.padding_side = "left"
-    prompt = generator_processor.apply_chat_template([{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": "What digit is this?"}]}], add_generation_prompt=True)
     examples = [e for e in task.examples if "digit" in e.question]
     with open(data / "val.csv", newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.DictReader(handle) if "digit" in row["question_text"]]
     assert [row["question_text"] for row in rows] == [e.question for e in examples], "val.csv and the task disagree"
-    digit = [DIGIT_WORDS[targets[int(Path(row["question_image"]).stem)]] for row in rows]
-    right = 0
-    for start in range(0, len(examples), 32):
-        batch = examples[start:start + 32]
-        inputs = generator_processor(text=[prompt] * len(batch), images=[[e.image] for e in batch],
-                                     return_tensors="pt", padding=True)
-        with torch.no_grad():
-            output = generator.generate(**inputs, max_new_tokens=8, do_sample=False)
-        answers = generator_processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        right += sum(answer.strip() == expected for answer, expected in zip(answers, digit[start:start + 32]))
-    return {"questions": len(examples), "digit_named": right / max(1, len(examples))}
+    pictured = [DIGIT_WORDS[targets[int(Path(row["question_image"]).stem)]] for row in rows]
+    questions = Dataset.from_list([conversation_row(example.image, "What digit is this?", digit)
+                                   for example, digit in zip(examples, pictured)])
+    named = evaluate_sigphi(model.generator, processor.generator_processor, questions, max_new_tokens=8)
+    return {"questions": named["n"], "digit_named": named["accuracy"]}
 
 
 def main() -> None:
