@@ -56,8 +56,9 @@ def end_launched_process() -> None:
     processes mid-save: 11 of 160 two-process exits of `tests/multiprocess/gloo_teardown.py` (whose first process
     finishes a second later) whether it exits as is, destroys the group, or meets a barrier first (PyTorch's
     abandoned PR #179291 is about this teardown); 0 of 40 ending as here, 0 of 42 launches of
-    `tests/multiprocess/finishing_step.py` through this function. So, on success only, the process does what a normal exit does before that teardown (joins its threads, runs atexit
-    handlers, flushes) and leaves with `os._exit(0)`."""
+    `tests/multiprocess/finishing_step.py` through this function. So, on success only, the process does what a
+    normal exit does before that teardown (joins its threads, runs atexit handlers, flushes) and leaves with
+    `os._exit(0)`."""
     import torch.distributed
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
