@@ -1,7 +1,7 @@
 """Where the tiny generator's reading stops: oracle accuracy (the gold document read) by question kind, before and
 after the gold warm start, and whether its vision names the pictured digit, on a task's validation split.
 
-    python -m train.make_dataset passages --output_dir /tmp/data/passages
+    python -m train.make_dataset retrieval_vqa --passages --output_dir /tmp/data/passages
     OMP_NUM_THREADS=1 python -m bench.reader_ceiling /tmp/data/passages    # ≈ 3 min with the stand-in kept on disk
 
 The oracle column of docs/retriever_generator.md is the ceiling retrieval cannot raise; this splits it, so that a
