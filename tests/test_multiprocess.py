@@ -170,11 +170,14 @@ def test_fsdp2_resumes_from_a_sharded_checkpoint_after_sigkill(tiny_dir, digits6
     command = step_command("train.align", launcher, tiny_dir, digits64, killed, GLOBAL_BATCH // 2)
     launch = subprocess.Popen(command, env={**environment, "SIGPHI_HOLD_AFTER_CHECKPOINT": "3"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    held = [tmp_path / f"report-{rank}.pid" for rank in (0, 1)]  # written once checkpoint-3 is saved
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoint-3" / "trainer_state.json").exists():
+    while not all(path.exists() for path in held):
         assert launch.poll() is None and time.monotonic() < deadline, "no checkpoint before the launch ended"
         time.sleep(0.02)
-    os.killpg(launch.pid, signal.SIGKILL)
+    os.killpg(launch.pid, signal.SIGKILL)  # the launcher; its processes each have a session of their own
+    for path in held:
+        os.kill(int(path.read_text()), signal.SIGKILL)
     launch.wait()
     assert not (killed / f"checkpoint-{STEPS}").exists(), "the launch finished before it was killed"
     assert list((killed / "checkpoint-3").glob("pytorch_model_fsdp_*")), "the checkpoint is not sharded"

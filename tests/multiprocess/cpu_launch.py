@@ -10,8 +10,8 @@ that one promotion for MULTI_CPU, then runs the step as `python -m` would, so th
 through the same FSDP2 code as on GPUs (`fully_shard`, DTensor parameters, sharded checkpoints). DeepSpeed needs
 no help (its CPU accelerator talks gloo). After training each process writes what it trained with to
 `$SIGPHI_LAUNCH_REPORT-<rank>.json`: the distributed type, DTensor parameters (FSDP2), parameters partitioned by
-ZeRO-3 and the ZeRO stage. With `$SIGPHI_HOLD_AFTER_CHECKPOINT=N` every process stops after saving checkpoint N
-and waits to be killed, so an interruption test kills a run that is certainly mid-way, however loaded the machine.
+ZeRO-3 and the ZeRO stage. With `$SIGPHI_HOLD_AFTER_CHECKPOINT=N` every process stops after saving checkpoint N,
+writes its process id to `$SIGPHI_LAUNCH_REPORT-<rank>.pid` and waits to be killed, so an interruption test kills a run that is certainly mid-way, however loaded the machine.
 It is not a supported way to train on CPUs (2 cores gain nothing from sharding).
 """
 
@@ -20,6 +20,7 @@ import os
 import runpy
 import sys
 import time
+from pathlib import Path
 
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
@@ -69,7 +70,9 @@ def report_what_trained() -> None:
 
 
 def hold_after_checkpoint(step: int) -> None:
-    """Once checkpoint `step` is saved (every process past the save), wait to be killed."""
+    """Once checkpoint `step` is saved (every process past the save), write this process's id to
+    `$SIGPHI_LAUNCH_REPORT-<rank>.pid` and wait to be killed: the launcher starts each process in a session of its
+    own, so killing the launcher's process group leaves them running."""
     from transformers import Trainer
 
     original_save = Trainer._save_checkpoint
@@ -78,6 +81,9 @@ def hold_after_checkpoint(step: int) -> None:
         original_save(self, *args, **kwargs)
         if self.state.global_step == step:
             self.accelerator.wait_for_everyone()
+            pid_file = Path(f"{os.environ['SIGPHI_LAUNCH_REPORT']}-{self.accelerator.process_index}.pid")
+            pid_file.with_suffix(".writing").write_text(str(os.getpid()))
+            pid_file.with_suffix(".writing").rename(pid_file)  # whole when it appears
             time.sleep(3600)
 
     Trainer._save_checkpoint = save
