@@ -11,7 +11,8 @@ through the same FSDP2 code as on GPUs (`fully_shard`, DTensor parameters, shard
 no help (its CPU accelerator talks gloo). After training each process writes what it trained with to
 `$SIGPHI_LAUNCH_REPORT-<rank>.json`: the distributed type, DTensor parameters (FSDP2), parameters partitioned by
 ZeRO-3 and the ZeRO stage. With `$SIGPHI_HOLD_AFTER_CHECKPOINT=N` every process stops after saving checkpoint N,
-writes its process id to `$SIGPHI_LAUNCH_REPORT-<rank>.pid` and waits to be killed, so an interruption test kills a run that is certainly mid-way, however loaded the machine.
+writes its process id to `$SIGPHI_LAUNCH_REPORT-<rank>.pid` and waits to be killed, so an interruption test kills a
+run that is certainly mid-way, however loaded the machine.
 It is not a supported way to train on CPUs (2 cores gain nothing from sharding).
 """
 
@@ -82,8 +83,9 @@ def hold_after_checkpoint(step: int) -> None:
         if self.state.global_step == step:
             self.accelerator.wait_for_everyone()
             pid_file = Path(f"{os.environ['SIGPHI_LAUNCH_REPORT']}-{self.accelerator.process_index}.pid")
-            pid_file.with_suffix(".writing").write_text(str(os.getpid()))
-            pid_file.with_suffix(".writing").rename(pid_file)  # whole when it appears
+            partial = pid_file.with_suffix(".writing")
+            partial.write_text(str(os.getpid()))
+            partial.rename(pid_file)  # whole when it appears
             time.sleep(3600)
 
     Trainer._save_checkpoint = save
