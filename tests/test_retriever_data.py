@@ -3,6 +3,7 @@ documents, validation splits, open corpora), and the two bundled retrieval tasks
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,11 +117,17 @@ def test_bundled_task_asks_about_unseen_facts_with_text_and_image_documents(bund
     def catalogues(task):
         return {e.question.split(" catalogue")[0] for e in task.examples if e.question != ARCHIVE_QUESTION}
 
-    # Validation and test facts and catalogues were never seen in training; every split reads text and image
-    # documents, and validation and test drawings differ from training ones.
+    def drawings(split):  # the load_digits indices its questions show
+        return {int(Path(row["question_image"]).stem) for row in csv.DictReader(open(folder / f"{split}.csv"))}
+
+    # Validation and test facts, catalogues and drawings were never seen in training, and validation and test share
+    # none: validation measures what test does. Every split reads text and image documents.
     for other in (val, test):
         assert not gold_texts(train) & gold_texts(other) and not catalogues(train) & catalogues(other)
     assert not catalogues(val) & catalogues(test)
+    assert not drawings("train") & drawings("val") and not drawings("train") & drawings("test")
+    assert not drawings("val") & drawings("test")
+    assert all(index % 5 == 0 for index in drawings("val") | drawings("test"))  # load_digits' test split
     for task in (train, val, test):
         kinds = {task.corpus[e.gold_document_ids[0]]["image"] is None for e in task.examples}
         assert kinds == {True, False}

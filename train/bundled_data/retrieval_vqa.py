@@ -79,6 +79,13 @@ def write_jsonl(path: Path, documents: list) -> None:
         handle.writelines(json.dumps(document) + "\n" for document in documents)
 
 
+def by_digit(drawings: list[tuple[int, Image.Image, str]]) -> dict[int, list[tuple[int, Image.Image, str]]]:
+    groups = {}
+    for drawing in drawings:
+        groups.setdefault(int(drawing[2]), []).append(drawing)
+    return groups
+
+
 def passage_sizes(rng: random.Random, n_facts: int, passages: bool) -> list[int]:
     """How many facts each passage of a catalogue holds: one each, or two to four (summing to `n_facts`)."""
     if not passages:
@@ -108,9 +115,9 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
       drawing painted in its colour, among other painted drawings of the same digit and the catalogue facts
       about it.
 
-    Train, validation and test use disjoint catalogues and disjoint archive drawings (test drawings are
-    `load_digits`'s test split, indices divisible by 5), so validation and test facts were never seen in training;
-    catalogue questions show drawings no archive picture shows. `corpus.jsonl` adds distractors from a further set
+    Train, validation and test use disjoint catalogues and disjoint drawings (validation and test drawings are
+    `load_digits`'s test split, indices divisible by 5, which the tiny preset's stand-ins never see), so validation and
+    test facts and pictures were never seen in training; catalogue questions show drawings no archive picture shows. `corpus.jsonl` adds distractors from a further set
     of catalogues and drawings. Also written: `train_answers_only.csv` (the training questions without the
     `documents` column) with `train_documents.jsonl` (their documents and the distractors, the corpus to retrieve
     from when training from the answers alone), and `test_swapped.csv` (the test questions with every fact's colour
@@ -127,14 +134,20 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
     for split in SPLITS:
         catalogues[split], start = names[start:start + counts[split]], start + counts[split]
     distractor_catalogues = names[start:]
-    # Archive drawings: train, distractor and validation paintings from the training pool, test ones from the test
-    # pool; the rest of each pool shows catalogue questions.
-    cut = n_train_archive + n_distractor_drawings
-    archive = {"train": train_pool[:n_train_archive], "val": train_pool[cut:cut + n_val_archive],
+    # Drawings: the training pool shows training questions and distractors; load_digits' test split, which no
+    # stand-in pretrains on, shows validation and test questions (a third of each digit's drawings to validation), so
+    # that validation measures what test does: questions about drawings never seen.
+    archive = {"train": train_pool[:n_train_archive], "val": test_pool[n_test_archive:n_test_archive + n_val_archive],
                "test": test_pool[:n_test_archive]}
-    distractor_drawings = train_pool[n_train_archive:cut]
-    unpainted = {"train": train_pool[cut + n_val_archive:], "val": train_pool[cut + n_val_archive:],
-                 "test": test_pool[n_test_archive:]}
+    distractor_drawings = train_pool[n_train_archive:n_train_archive + n_distractor_drawings]
+    held_out = by_digit(test_pool[n_test_archive + n_val_archive:])
+    unpainted = {"train": by_digit(train_pool[n_train_archive + n_distractor_drawings:]),
+                 "val": {digit: drawings[::3] for digit, drawings in held_out.items()},
+                 "test": {digit: [d for i, d in enumerate(drawings) if i % 3] for digit, drawings in held_out.items()}}
+    for split, drawings in unpainted.items():
+        if any(not drawings.get(digit) for digit in range(10)):
+            raise ValueError(f"too few drawings left for the {split} split's catalogue questions: lower the archive "
+                             "and distractor counts")
 
     def save(image: Image.Image, name: str) -> str:
         image.save(output_dir / "images" / name)
@@ -152,16 +165,13 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
 
     sizes, written = {}, {}
     for split in SPLITS:
-        by_digit = {}  # the drawings no archive picture shows, by digit
-        for index, image, answer in unpainted[split]:
-            by_digit.setdefault(int(answer), []).append((index, image))
         rows = []
         for catalogue in catalogues[split]:
             documents = catalogue_documents(catalogue)
             for digit in range(10):
                 passage, facts = documents[digit]
                 colour = dict(facts)[digit]
-                index, image = rng.choice(by_digit[digit])
+                index, image, _ = rng.choice(unpainted[split][digit])
                 choices, label = multiple_choice(rng, colour, COLOURS)
                 rows.append({"question_text": catalogue_question(catalogue),
                              "question_image": save(image, f"{index:04d}.png"), "answer_choices": choices,
