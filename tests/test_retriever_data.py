@@ -135,6 +135,15 @@ def test_bundled_task_asks_about_unseen_facts_with_text_and_image_documents(bund
                    for e in task.examples if e.question != ARCHIVE_QUESTION)
 
 
+def test_bundled_task_says_when_held_out_drawings_run_out(tmp_path):
+    """load_digits' test split (360 drawings) shows the validation and test questions; archives that take nearly all
+    of them leave some digit without a drawing for the catalogue questions, which is said, not a KeyError."""
+    with pytest.raises(ValueError, match="too few drawings left"):
+        write_retrieval_vqa(tmp_path, n_train_catalogues=1, n_val_catalogues=1, n_test_catalogues=1,
+                            n_train_archive=2, n_val_archive=10, n_test_archive=345, n_distractor_catalogues=1,
+                            n_distractor_drawings=2)
+
+
 def test_bundled_answers_are_uniform_over_choice_positions(bundled):
     """Without documents nothing but chance picks the answer: its position among the choices is uniform."""
     folder, _ = bundled
