@@ -121,8 +121,9 @@ def write_retrieval_vqa(output_dir: str | os.PathLike, n_train_catalogues: int =
     and test facts and pictures were never seen in training; catalogue questions show drawings no archive picture
     shows. `corpus.jsonl` adds distractors from a further set of catalogues and drawings. Also written:
     `train_answers_only.csv` (the training questions without the `documents` column) with `train_documents.jsonl`
-    (their documents and the distractors, the corpus to retrieve from when training from the answers alone), and `test_swapped.csv` (the test questions with every fact's colour
-    drawn anew: same images and catalogues, different answers). Returns the number of rows per file.
+    (their documents and the distractors, the corpus to retrieve from when training from the answers alone), and
+    `test_swapped.csv` (the test questions with every fact's colour drawn anew: same images and catalogues, different
+    answers). Returns the number of rows per file.
     """
     rng = random.Random(seed)
     output_dir = Path(output_dir)
