@@ -78,6 +78,9 @@ class TrainRetrieverGeneratorArguments:
     picture_copies: bool = field(default=False, metadata={
         "help": "Answers only: a picture that is a copy of the question's own (mutual nearest neighbours) is its "
                 "only relevant picture (for corpora of copies)."})
+    nearest_picture_only: bool = field(default=False, metadata={
+        "help": "Answers only: of the pictures the image tower finds near the question's, only the nearest that holds "
+                "the answer is pseudo-relevant (DPR's distant supervision with the picture's likeness as the prior)."})
     hard_em_epochs: float = field(default=8, metadata={
         "help": "Answers only: epochs of a second retriever round on each question's pseudo-relevant document that "
                 "the first round's retriever ranks highest (0: none)."})
@@ -190,7 +193,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
                 model, processor, train_task, args.pseudo_relevance_depth,
                 use_generator=not from_scratch or args.reader_epochs > 0, margin=args.pseudo_relevance_margin,
                 sources=("words", "pictures") if from_scratch else ("retriever", "words", "pictures"),
-                picture_copies=args.picture_copies)
+                picture_copies=args.picture_copies, nearest_picture_only=args.nearest_picture_only)
             report["pseudo_labels"] = [label_quality(relevance, hidden_gold)]
             if not any(relevance):
                 raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing one of its "
@@ -241,6 +244,7 @@ def relabel(args: TrainRetrieverGeneratorArguments, model, processor, task: Retr
     (`pseudo_relevance_labels` with `best_only`, candidates from every neighbourhood)."""
     return pseudo_relevance_labels(model, processor, task, args.pseudo_relevance_depth,
                                    margin=args.pseudo_relevance_margin, picture_copies=args.picture_copies,
+                                   nearest_picture_only=args.nearest_picture_only,
                                    best_only=args.hard_em_epochs > 0)
 
 

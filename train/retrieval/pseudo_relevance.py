@@ -122,14 +122,17 @@ def generator_gains(model, processor, examples: list, documents: list[list[dict]
 @torch.no_grad()
 def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 10, use_generator: bool = True,
                             sources: tuple[str, ...] = CANDIDATE_SOURCES, picture_copies: bool = False,
-                            margin: float = 0.0, best_only: bool = False, batch_size: int = 16) -> list[list[int]]:
+                            margin: float = 0.0, best_only: bool = False, nearest_picture_only: bool = False,
+                            batch_size: int = 16) -> list[list[int]]:
     """Per training question, the ids of its pseudo-relevant documents among `depth` candidates from each of
     `sources` ("retriever": the retriever's ranking, "words": `lexical_neighbours`, "pictures": `image_neighbours`).
 
     A candidate is positive when neither test says no and one says yes: it holds an acceptable answer
     (`holds_answer`), and, with `use_generator` (once the generator has been warm-started), reading it raises the
     generator's belief in the answer by more than `margin` nats (`generator_gains`). With `best_only`, only the
-    positive the retriever scores highest is kept.
+    positive the retriever scores highest is kept. With `nearest_picture_only`, of the candidates the image tower
+    found, only the nearest positive counts (DPR's distant supervision, the prior ranker's best positive, applied where
+    the prior is a picture's likeness).
     """
     retriever = model.retriever
     neighbourhoods = []
@@ -138,6 +141,11 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         neighbourhoods.append(lexical_neighbours(task, depth))
     if "pictures" in sources:
         neighbourhoods.append(by_picture)
+    # the columns of the candidates that the image tower found (after the retriever's own, when it is a source)
+    picture_columns = range(0)
+    if "pictures" in sources:
+        offset = (min(depth, len(task.corpus)) if "retriever" in sources else 0) + (depth if "words" in sources else 0)
+        picture_columns = range(offset, offset + depth)
     ranks = "retriever" in sources or best_only
     snapshot = CorpusSnapshot(retriever, processor.retriever_processor, task.corpus) if ranks else None
     positives = []
@@ -159,7 +167,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         if use_generator:
             gains = generator_gains(model, processor, examples, [task.documents(row) for row in ids]).numpy()
         for b, (example, row) in enumerate(zip(examples, ids)):
-            copy, answers, keep = copies[start + b], example.reference_answers, []
+            copy, answers, keep, nearest_picture_kept = copies[start + b], example.reference_answers, [], False
             if not found[b]:
                 positives.append([])
                 continue
@@ -170,6 +178,10 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
                     holds = bool(doc_id == copy)
                 judged = None if gains is None else bool(gains[b, k] > margin)
                 if holds is not False and judged is not False and (holds or judged):
+                    if nearest_picture_only and k in picture_columns:
+                        if nearest_picture_kept:
+                            continue
+                        nearest_picture_kept = True
                     keep.append(int(doc_id))
             keep = list(dict.fromkeys(keep))
             if best_only and keep:
