@@ -140,12 +140,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
     if "words" in sources:
         neighbourhoods.append(lexical_neighbours(task, depth))
     if "pictures" in sources:
-        neighbourhoods.append(by_picture)
-    # the columns of the candidates that the image tower found (after the retriever's own, when it is a source)
-    picture_columns = range(0)
-    if "pictures" in sources:
-        offset = (min(depth, len(task.corpus)) if "retriever" in sources else 0) + (depth if "words" in sources else 0)
-        picture_columns = range(offset, offset + depth)
+        neighbourhoods.append(by_picture)  # last: the image tower's candidates are the final columns
     ranks = "retriever" in sources or best_only
     snapshot = CorpusSnapshot(retriever, processor.retriever_processor, task.corpus) if ranks else None
     positives = []
@@ -158,6 +153,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         if "retriever" in sources:
             candidates.insert(0, snapshot.search(queries, min(depth, len(task.corpus))))
         ids = np.concatenate(candidates, 1)
+        first_picture_column = ids.shape[1] - (by_picture.shape[1] if "pictures" in sources else 0)
         # Where a neighbourhood has fewer documents (-1), the first one found stands in (document 0 where none was):
         # every question of a batch reads as many candidates, which the generator's batched scoring needs.
         found = (ids >= 0).any(1)
@@ -178,7 +174,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
                     holds = bool(doc_id == copy)
                 judged = None if gains is None else bool(gains[b, k] > margin)
                 if holds is not False and judged is not False and (holds or judged):
-                    if nearest_picture_only and k in picture_columns:
+                    if nearest_picture_only and k >= first_picture_column:
                         if nearest_picture_kept:
                             continue
                         nearest_picture_kept = True
