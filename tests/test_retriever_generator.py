@@ -553,23 +553,27 @@ def test_a_candidate_counts_when_neither_test_says_no_and_one_says_yes(monkeypat
     assert label(margin=1.8) == [[0]]
 
 
-def test_nearest_picture_only_keeps_the_picture_the_image_tower_ranks_first_among_those_that_pass(monkeypatch):
-    """DPR's distant supervision with the picture's likeness as the prior: of the pictures found near the question's,
-    only the nearest that the generator passes counts; text candidates are judged as before."""
-    corpus = [{"text": "The Kalomi eats fish.", "image": None}, {"text": None, "image": "far"},
-              {"text": None, "image": "near"}, {"text": None, "image": "nearest"}]
+def test_nearest_picture_only_keeps_the_bare_picture_the_image_tower_ranks_first_among_those_that_pass(monkeypatch):
+    """DPR's distant supervision with the picture's likeness as the prior: of the pictures without text that the
+    generator passes, whichever neighbourhood found them, only the one nearest the question's picture counts; a
+    picture with its article keeps its text test, and text candidates are judged as before."""
+    corpus = [{"text": "The Kalomi eats fish.", "image": None}, {"text": None, "image": "next"},
+              {"text": None, "image": "farther"}, {"text": None, "image": "nearest"},
+              {"text": "The Lomi eats fish.", "image": "article"}, {"text": None, "image": "unranked"}]
     example = RetrievalExample("What does this creature eat?", "photo", None, None, [], answers=["fish"])
     task = RetrievalTask([example], corpus)
-    monkeypatch.setattr(pseudo_relevance, "lexical_neighbours", lambda task, depth: np.array([[0, -1, -1]]))
-    monkeypatch.setattr(pseudo_relevance, "image_neighbours", lambda *args: (np.array([[3, 2, 1]]), np.full(1, -1)))
-    gains = {"far": 1.0, "near": 1.0, "nearest": -1.0}  # reading the nearest picture does not help: not a positive
+    monkeypatch.setattr(pseudo_relevance, "lexical_neighbours", lambda task, depth: np.array([[5, 0, -1, -1]]))
+    monkeypatch.setattr(pseudo_relevance, "image_neighbours",
+                        lambda *args: (np.array([[3, 4, 1, 2]]), np.full(1, -1)))
+    gains = {"nearest": -1.0}  # reading the nearest picture does not help: not a positive
     monkeypatch.setattr(pseudo_relevance, "generator_gains", lambda model, processor, examples, documents: torch.tensor(
         [[gains.get(d["image"], 1.0) for d in row] for row in documents]))
     model = type("Model", (), {"retriever": None})()
     processor = type("Processor", (), {"retriever_processor": None})()
-    assert pseudo_relevance_labels(model, processor, task, depth=3, sources=("words", "pictures")) == [[0, 2, 1]]
-    assert pseudo_relevance_labels(model, processor, task, depth=3, sources=("words", "pictures"),
-                                   nearest_picture_only=True) == [[0, 2]]
+    label = lambda **kwargs: pseudo_relevance_labels(model, processor, task, depth=4,  # noqa: E731
+                                                     sources=("words", "pictures"), **kwargs)
+    assert sorted(label(nearest_picture_only=False)[0]) == [0, 1, 2, 4, 5]
+    assert sorted(label()[0]) == [0, 1, 4]  # "next": ranked above "farther" and "unranked"
 
 
 class EmbeddingTable:

@@ -78,9 +78,9 @@ class TrainRetrieverGeneratorArguments:
     picture_copies: bool = field(default=False, metadata={
         "help": "Answers only: a picture that is a copy of the question's own (mutual nearest neighbours) is its "
                 "only relevant picture (for corpora of copies)."})
-    nearest_picture_only: bool = field(default=False, metadata={
-        "help": "Answers only: of the pictures the image tower finds near the question's, only the nearest that holds "
-                "the answer is pseudo-relevant (DPR's distant supervision with the picture's likeness as the prior)."})
+    nearest_picture_only: bool = field(default=True, metadata={
+        "help": "Answers only: of the pseudo-relevant pictures without text, only the one the image tower ranks "
+                "nearest the question's counts (DPR's distant supervision with the picture's likeness as the prior)."})
     hard_em_epochs: float = field(default=8, metadata={
         "help": "Answers only: epochs of a second retriever round on each question's pseudo-relevant document that "
                 "the first round's retriever ranks highest (0: none)."})

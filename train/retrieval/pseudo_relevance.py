@@ -93,6 +93,13 @@ def image_neighbours(retriever, processor, task: RetrievalTask, depth: int) -> t
     return nearest, copies
 
 
+def nearest_first(pictures: list[int], by_picture: np.ndarray) -> int:
+    """Of candidate `pictures`, the one the image tower ranks nearest the question's picture (`by_picture`: its
+    ranking, best first); those it did not rank come after, in their candidates' order."""
+    rank = {int(doc_id): position for position, doc_id in enumerate(by_picture) if doc_id >= 0}
+    return min(pictures, key=lambda doc_id: (rank.get(doc_id, len(rank)), pictures.index(doc_id)))
+
+
 def exact_search(vectors: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (n_queries, k), of the `k` rows of `vectors` with the largest inner product with each
     query, best first (FAISS exact search: no (queries x vectors) matrix is kept)."""
@@ -122,7 +129,7 @@ def generator_gains(model, processor, examples: list, documents: list[list[dict]
 @torch.no_grad()
 def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 10, use_generator: bool = True,
                             sources: tuple[str, ...] = CANDIDATE_SOURCES, picture_copies: bool = False,
-                            margin: float = 0.0, best_only: bool = False, nearest_picture_only: bool = False,
+                            margin: float = 0.0, best_only: bool = False, nearest_picture_only: bool = True,
                             batch_size: int = 16) -> list[list[int]]:
     """Per training question, the ids of its pseudo-relevant documents among `depth` candidates from each of
     `sources` ("retriever": the retriever's ranking, "words": `lexical_neighbours`, "pictures": `image_neighbours`).
@@ -130,9 +137,10 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
     A candidate is positive when neither test says no and one says yes: it holds an acceptable answer
     (`holds_answer`), and, with `use_generator` (once the generator has been warm-started), reading it raises the
     generator's belief in the answer by more than `margin` nats (`generator_gains`). With `best_only`, only the
-    positive the retriever scores highest is kept. With `nearest_picture_only`, of the candidates the image tower
-    found, only the nearest positive counts (DPR's distant supervision, the prior ranker's best positive, applied where
-    the prior is a picture's likeness).
+    positive the retriever scores highest is kept. With `nearest_picture_only`, of the positive pictures without
+    text (which only the generator judged), only the one the image tower ranks nearest the question's picture counts
+    (DPR's distant supervision, the prior ranker's best positive, where the only prior is a picture's likeness);
+    documents with text keep their text test.
     """
     retriever = model.retriever
     neighbourhoods = []
@@ -140,7 +148,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
     if "words" in sources:
         neighbourhoods.append(lexical_neighbours(task, depth))
     if "pictures" in sources:
-        neighbourhoods.append(by_picture)  # last: the image tower's candidates are the final columns
+        neighbourhoods.append(by_picture)
     ranks = "retriever" in sources or best_only
     snapshot = CorpusSnapshot(retriever, processor.retriever_processor, task.corpus) if ranks else None
     positives = []
@@ -153,7 +161,6 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         if "retriever" in sources:
             candidates.insert(0, snapshot.search(queries, min(depth, len(task.corpus))))
         ids = np.concatenate(candidates, 1)
-        first_picture_column = ids.shape[1] - (by_picture.shape[1] if "pictures" in sources else 0)
         # Where a neighbourhood has fewer documents (-1), the first one found stands in (document 0 where none was):
         # every question of a batch reads as many candidates, which the generator's batched scoring needs.
         found = (ids >= 0).any(1)
@@ -163,7 +170,7 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         if use_generator:
             gains = generator_gains(model, processor, examples, [task.documents(row) for row in ids]).numpy()
         for b, (example, row) in enumerate(zip(examples, ids)):
-            copy, answers, keep, nearest_picture_kept = copies[start + b], example.reference_answers, [], False
+            copy, answers, keep, bare_pictures = copies[start + b], example.reference_answers, [], []
             if not found[b]:
                 positives.append([])
                 continue
@@ -174,11 +181,9 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
                     holds = bool(doc_id == copy)
                 judged = None if gains is None else bool(gains[b, k] > margin)
                 if holds is not False and judged is not False and (holds or judged):
-                    if nearest_picture_only and k >= first_picture_column:
-                        if nearest_picture_kept:
-                            continue
-                        nearest_picture_kept = True
-                    keep.append(int(doc_id))
+                    (bare_pictures if nearest_picture_only and holds is None else keep).append(int(doc_id))
+            if bare_pictures:
+                keep.append(nearest_first(bare_pictures, by_picture[start + b]))
             keep = list(dict.fromkeys(keep))
             if best_only and keep:
                 keep = [keep[int(snapshot.score(queries[b:b + 1], np.array(keep))[0].argmax())]]
