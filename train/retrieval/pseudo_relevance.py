@@ -20,7 +20,9 @@ picture's digit to the passage's cannot tell them apart. `best_only=True` keeps,
 one the retriever ranks highest: DPR's distant supervision (the highest-ranked passage holding the answer), i.e. hard
 EM (Min et al., 2019). A retriever trained once on every passing candidate ranks the one that is right for the
 question's own reasons (its digit, its picture) above those that are right by chance, so a second round on its
-choice learns from far cleaner labels.
+choice learns from far cleaner labels. Pictures without text get that choice at once (`nearest_picture_only`, the
+default): the generator sees that a picture shows the answer, not that it is the question's own, so only the passing
+one nearest the question's picture counts, the image tower being the prior ranker.
 """
 
 import numpy as np
@@ -97,7 +99,7 @@ def nearest_first(pictures: list[int], by_picture: np.ndarray) -> int:
     """Of candidate `pictures`, the one the image tower ranks nearest the question's picture (`by_picture`: its
     ranking, best first); those it did not rank come after, in their candidates' order."""
     rank = {int(doc_id): position for position, doc_id in enumerate(by_picture) if doc_id >= 0}
-    return min(pictures, key=lambda doc_id: (rank.get(doc_id, len(rank)), pictures.index(doc_id)))
+    return min(pictures, key=lambda doc_id: rank.get(doc_id, len(rank)))  # min keeps the first of equals
 
 
 def exact_search(vectors: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
