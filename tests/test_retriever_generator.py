@@ -34,7 +34,8 @@ from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, train_ret
 from train.retrieval.pseudo_relevance import (holds_answer, image_neighbours, lexical_neighbours,
                                               pseudo_relevance_labels)
 from train.retrieval.ranking import CorpusSnapshot, rank_documents
-from train.retrieval.standins import warm_up_image_tower
+from train.retrieval import standins
+from train.retrieval.standins import VIEW_KINDS, warm_up_image_tower, warm_up_image_tower_on_validation
 from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi
@@ -717,6 +718,44 @@ def test_the_image_stand_in_lets_pictures_find_their_copies(tmp_path):
         assert all(score[chosen[0]] >= score[i] - 1e-4 for i in every)
 
 
+def test_the_image_warm_up_keeps_the_views_under_which_validation_pictures_find_their_documents(data, task,
+                                                                                                monkeypatch):
+    """Each kind of views warms the tower up from the same start; the kind whose tower ranks the validation questions'
+    gold pictures nearest is kept, with the weights and random state it ended with, as if it had run alone. Without
+    validation questions whose gold document is a picture, only the first kind runs."""
+    retriever, processor = build_tiny_retriever(task)
+    marker = retriever.image_projection.bias  # each kind's warm-up leaves its mark here
+    start, ended_with = marker.detach().clone(), {}
+
+    def warm_up(retriever, processor, images, epochs, seed, views):
+        assert torch.equal(marker, start)  # every kind starts from the same weights
+        with torch.no_grad():
+            marker.fill_(VIEW_KINDS.index(views) + 1.0)
+        torch.rand(3)  # a warm-up draws random views
+        ended_with[views] = torch.get_rng_state()
+        return [10.0, 1.0 + VIEW_KINDS.index(views)]
+
+    def neighbours(retriever, processor, val_task, depth):
+        """The first kind's tower finds every gold picture first, the other's none (the last to run does not win)."""
+        found = marker[0].item() == 1.0
+        nearest = np.array([[e.gold_document_ids[0] if found else -1] * depth for e in val_task.examples])
+        return nearest, np.full(len(val_task.examples), -1)
+
+    monkeypatch.setattr(standins, "warm_up_image_tower", warm_up)
+    monkeypatch.setattr("train.retrieval.pseudo_relevance.image_neighbours", neighbours)
+    validation = load_retrieval_task(data / "val.csv", data / "corpus.jsonl")
+    chosen = warm_up_image_tower_on_validation(retriever, processor, [], validation, depth=10, epochs=1)
+    assert chosen == {"views": VIEW_KINDS[0], "mrr": {VIEW_KINDS[0]: 1.0, VIEW_KINDS[1]: 0.0}, "loss": 1.0}
+    assert marker[0].item() == 1.0 and torch.equal(torch.get_rng_state(), ended_with[VIEW_KINDS[0]])
+
+    marker.data.copy_(start)
+    texts_only = validation.subset([i for i, e in enumerate(validation.examples) if "catalogue" in e.question])
+    ended_with.clear()
+    chosen = warm_up_image_tower_on_validation(retriever, processor, [], texts_only, depth=10, epochs=1)
+    assert chosen == {"views": VIEW_KINDS[0], "mrr": {VIEW_KINDS[0]: None}, "loss": 1.0} and list(ended_with) == [
+        VIEW_KINDS[0]]
+
+
 def test_training_from_answers_only(data, tmp_path):
     """No documents column: the retriever starts from pseudo-relevant documents (near the question, naming its
     answer), trains again on the one of them it then ranks highest (hard EM), and the generator and retriever train
@@ -726,7 +765,8 @@ def test_training_from_answers_only(data, tmp_path):
         corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, hard_em_epochs=1,
         index_factory="IVF4,Flat", index_search_parameters="nprobe=4", on_disk_index=True, **TINY_RUN))
     assert report["supervision"] == "answers only (pseudo-relevance)"
-    assert "image_warm_up_loss" in report  # the tiny image tower learns pictures first (the corpus has some)
+    # the tiny image tower learns pictures first (the corpus has some), with the views validation prefers
+    assert report["image_warm_up"]["views"] in VIEW_KINDS and set(report["image_warm_up"]["mrr"]) == set(VIEW_KINDS)
     stage_1, hard_em, joint = report["pseudo_labels"]
     assert 0 < stage_1["questions"] <= 80 and 0 <= joint["questions"] <= 80
     assert stage_1["per_question"] >= 1

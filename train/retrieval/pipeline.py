@@ -31,7 +31,7 @@ from train.retrieval.models import build_tiny_retriever, load_generator, load_re
 from train.retrieval.pseudo_relevance import pseudo_relevance_labels
 from train.retrieval.ranking import rank_documents
 from train.retrieval.retriever_stage import train_retriever
-from train.retrieval.standins import standin_generator, warm_up_image_tower
+from train.retrieval.standins import standin_generator, warm_up_image_tower_on_validation
 from train.retrieval.task import RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 
@@ -64,7 +64,8 @@ class TrainRetrieverGeneratorArguments:
         "help": "Train the retriever on the CSV's gold documents when it has them (--no_gold_documents: learn from "
                 "the answers alone, as without the column)."})
     image_warm_up_epochs: int = field(default=60, metadata={
-        "help": "Tiny preset: epochs of the image tower's stand-in pretraining on the task's pictures (0: none)."})
+        "help": "Tiny preset: epochs of the image tower's stand-in pretraining on the task's pictures (0: none), with "
+                "each kind of views; the one under which validation pictures find their gold documents' is kept."})
     reader_epochs: float = field(default=10, metadata={
         "help": "Tiny preset: epochs of the generator's reading stand-in (passages, colours, digits; 0: none). The "
                 "stand-in generator is kept on disk (SIGPHI_STANDIN_CACHE) and reused, as a download would be."})
@@ -182,8 +183,9 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
         retriever, retriever_processor = model.retriever, processor.retriever_processor
         pictures = [e.image for e in train_task.examples] + [doc["image"] for doc in train_task.corpus]
         if args.preset == "tiny" and args.image_warm_up_epochs and any(p is not None for p in pictures):
-            report["image_warm_up_loss"] = warm_up_image_tower(retriever, retriever_processor, pictures,
-                                                               args.image_warm_up_epochs, seed=args.seed)[-1]
+            report["image_warm_up"] = warm_up_image_tower_on_validation(
+                retriever, retriever_processor, pictures, val_task, args.pseudo_relevance_depth,
+                args.image_warm_up_epochs, seed=args.seed)
 
     with timed(seconds, "stage 1: retriever"):
         relevance = [e.gold_document_ids for e in train_task.examples]
