@@ -34,8 +34,9 @@ from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, train_ret
 from train.retrieval.pseudo_relevance import (holds_answer, image_neighbours, lexical_neighbours,
                                               pseudo_relevance_labels)
 from train.retrieval.ranking import CorpusSnapshot, rank_documents
-from train.retrieval import standins
-from train.retrieval.standins import VIEW_KINDS, warm_up_image_tower, warm_up_image_tower_on_validation
+from train.retrieval import image_tower_standin
+from train.retrieval.image_tower_standin import (VIEW_KINDS, warm_up_image_tower,
+                                                   warm_up_image_tower_on_validation)
 from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi
@@ -741,7 +742,7 @@ def test_the_image_warm_up_keeps_the_views_under_which_validation_pictures_find_
         nearest = np.array([[e.gold_document_ids[0] if found else -1] * depth for e in val_task.examples])
         return nearest, np.full(len(val_task.examples), -1)
 
-    monkeypatch.setattr(standins, "warm_up_image_tower", warm_up)
+    monkeypatch.setattr(image_tower_standin, "warm_up_image_tower", warm_up)
     monkeypatch.setattr("train.retrieval.pseudo_relevance.image_neighbours", neighbours)
     validation = load_retrieval_task(data / "val.csv", data / "corpus.jsonl")
     chosen = warm_up_image_tower_on_validation(retriever, processor, [], validation, depth=10, epochs=1)

@@ -2,7 +2,7 @@
 one evaluation of the test split at the end if asked (`python -m train.train_retriever_generator` runs this; the
 quickstart calls `train_retriever_generator` directly).
 
-0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`);
+0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`, `image_tower_standin`);
 1. retriever (`retriever_stage`): InfoNCE with mined hard negatives on the gold documents, or, answers only, on
    pseudo-relevant ones (`pseudo_relevance`: the text test, and the pretrained generator's judgement), then once
    more on the pseudo-relevant document the trained retriever ranks highest (hard EM);
@@ -26,12 +26,13 @@ from processing import RetrieverGeneratorProcessor
 from train.common.cli import InvalidInput
 from train.retrieval.evaluation import evaluate_retriever_generator, searched_task
 from train.retrieval.generator_stage import generator_lora_config, warm_start_generator
+from train.retrieval.image_tower_standin import warm_up_image_tower_on_validation
 from train.retrieval.joint_stage import train_joint_epoch
 from train.retrieval.models import build_tiny_retriever, load_generator, load_retriever
 from train.retrieval.pseudo_relevance import pseudo_relevance_labels
 from train.retrieval.ranking import rank_documents
 from train.retrieval.retriever_stage import train_retriever
-from train.retrieval.standins import standin_generator, warm_up_image_tower_on_validation
+from train.retrieval.standins import standin_generator
 from train.retrieval.task import RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 

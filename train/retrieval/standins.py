@@ -6,10 +6,7 @@ a vision-language model built on Phi-3 and SigLIP, which already reads passages 
 and digits it sees, and answers from its context. The tiny preset gives its parts those skills briefly, on data
 that is not the task's questions, before the recipe's three stages run exactly as they would on real checkpoints:
 
-- the retriever's image tower learns to match pictures (`warm_up_image_tower`): instance discrimination on the task's
-  own pictures, without labels (SimCLR's loss, as Contriever pretrains a text retriever on its corpus), under the
-  kind of views that validation prefers (`warm_up_image_tower_on_validation`): SigLIP matches a repainted copy and
-  another view alike, a tower this small learns one invariance or the other;
+- the retriever's image tower learns to match pictures (`train.retrieval.image_tower_standin`);
 - the generator's vision tower learns the digits, then the generator learns to read (`standin_generator`, trained on
   `reading_rows`, kept on disk like a downloaded checkpoint): synthetic passages of two to four
   facts about made-up names with a question about one of them, pictures of shapes whose colour it names (as the
@@ -17,7 +14,6 @@ that is not the task's questions, before the recipe's three stages run exactly a
   question's drawing) whose digit it names.
 """
 
-import copy
 import hashlib
 import json
 import os
@@ -26,15 +22,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from PIL import Image, ImageDraw
 from transformers import TrainingArguments
 
-from modeling.modeling_retriever import ranking_loss
 from processing import RetrieverGeneratorProcessor
-from processing.processing_sigphi import to_rgb
 from train.bundled_data.digits import DIGIT_QUESTION, digits_splits
 from train.common.vqa_data import conversation_row
 from train.retrieval.generator_stage import train_generator
@@ -189,92 +182,3 @@ def _versions() -> dict:
     import trl
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
-
-
-def instance_views(kind: str = "copies", size: int = 16):
-    """Two calls give two views of one picture, for instance discrimination: what the views change is what the tower
-    learns to ignore, so each kind keeps something else.
-
-    - "copies": shifted, turned and zoomed a little, its colour dropped half of the time and its brightness changed:
-      keeps a drawing's shape to the pixel and ignores its colours (a copy painted in another colour, other light);
-    - "simclr": SimCLR's views (Chen et al., 2020) at `size` pixels: a random crop of at least half the picture,
-      mirrored half of the time, colours jittered (p=0.8) or dropped (p=0.2): keeps colours and ignores where a thing
-      stands and which way it faces (another view of it).
-    """
-    from torchvision.transforms import v2
-
-    from train.retrieval.retriever_stage import image_augmentation
-
-    if kind == "copies":
-        return v2.Compose([image_augmentation(), v2.RandomGrayscale(p=0.5), v2.ColorJitter(brightness=0.7)])
-    if kind == "simclr":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                           image_augmentation(), v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                           v2.RandomGrayscale(p=0.2)])
-    raise ValueError(f"views {kind!r}: not one of {VIEW_KINDS}")
-
-
-VIEW_KINDS = ("copies", "simclr")
-
-
-def warm_up_image_tower(retriever, processor, images: list, epochs: int = 60, batch_size: int = 256,
-                        learning_rate: float = 3e-3, temperature: float = 0.1, seed: int = 0,
-                        views: str = "copies") -> list[float]:
-    """The image tower's stand-in for SigLIP: instance discrimination on the task's own pictures, each picture's
-    nearest among the batch's views must be its other view (`instance_views(views)`). `images` may hold None
-    (questions without one). Only the image tower and its projection train. Returns the loss of each epoch."""
-    views = instance_views(views, processor.image_processor.size["height"])
-    parameters = [*retriever.image_model.parameters(), *retriever.image_projection.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)  # the views' random transforms
-    images = [to_rgb(image) for image in images if image is not None]
-    losses = []
-    retriever.train()
-    for _ in range(epochs):
-        order, epoch_losses = rng.permutation(len(images)), []
-        for start in range(0, len(order), batch_size):
-            batch = [images[i] for i in order[start:start + batch_size]]
-            first, second = (retriever.encode_images(processor.image_processor(
-                [views(image) for image in batch], return_tensors="pt")["pixel_values"]) for _ in range(2))
-            logits = first @ second.T / temperature  # (batch, batch): view i of one image against all others
-            same_image = torch.eye(len(batch), dtype=torch.bool)
-            loss = (ranking_loss(logits, same_image) + ranking_loss(logits.T, same_image)) / 2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(float(loss.detach()))
-        losses.append(float(np.mean(epoch_losses)))
-    retriever.eval()
-    return losses
-
-
-def warm_up_image_tower_on_validation(retriever, processor, images: list, val_task, depth: int, epochs: int = 60,
-                                      seed: int = 0) -> dict:
-    """`warm_up_image_tower` with each kind of views (`VIEW_KINDS`) from the same start, keeping the one under which
-    the validation questions' pictures find their gold documents' pictures best (mean reciprocal rank within `depth`,
-    the candidates' depth; the first kind on a tie). Which differences between two pictures of one thing to ignore,
-    colour or place, is the task's; only its own pairs tell (copies of a drawing painted over, or another view of a
-    creature). Without such pairs in `val_task`: the first kind. Returns {"views", "mrr" (per kind tried), "loss"}.
-    """
-    from train.retrieval.pseudo_relevance import image_neighbours
-
-    pairs = [i for i, e in enumerate(val_task.examples) if e.image is not None and any(
-        val_task.corpus[d].get("image") is not None for d in e.gold_document_ids)]
-    start, tried = copy.deepcopy(retriever.state_dict()), {}
-    for kind in VIEW_KINDS if pairs else VIEW_KINDS[:1]:
-        retriever.load_state_dict(start)
-        losses = warm_up_image_tower(retriever, processor, images, epochs, seed=seed, views=kind)
-        mrr = None
-        if pairs:
-            nearest = image_neighbours(retriever, processor, val_task.subset(pairs), depth)[0]  # (n_pairs, depth)
-            mrr = float(np.mean([next((1 / (rank + 1) for rank, d in enumerate(row)
-                                       if d in val_task.examples[i].gold_document_ids), 0.0)
-                                 for i, row in zip(pairs, nearest.tolist())]))
-        # the weights and the random state each kind ends with, so that the kept one goes on exactly as if alone
-        tried[kind] = {"mrr": mrr, "loss": losses[-1], "state": copy.deepcopy(retriever.state_dict()),
-                       "rng": torch.get_rng_state()}
-    chosen = max(tried, key=lambda kind: tried[kind]["mrr"] or 0.0)  # max keeps the first of equals
-    retriever.load_state_dict(tried[chosen]["state"])
-    torch.set_rng_state(tried[chosen]["rng"])
-    return {"views": chosen, "mrr": {kind: tried[kind]["mrr"] for kind in tried}, "loss": tried[chosen]["loss"]}
