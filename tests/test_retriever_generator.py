@@ -25,18 +25,17 @@ from train.common.cli import run_cli
 from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.retrieval import pseudo_relevance
+from train.retrieval import image_tower_standin, pseudo_relevance
 from train.retrieval.evaluation import evaluate_retriever_generator
 from train.retrieval.generator_stage import generator_lora_config, generator_rows, train_generator
+from train.retrieval.image_tower_standin import (VIEW_KINDS, warm_up_image_tower,
+                                                   warm_up_image_tower_on_validation)
 from train.retrieval.joint_stage import document_relevance_loss
 from train.retrieval.models import build_tiny_retriever, load_generator
 from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, train_retriever_generator
 from train.retrieval.pseudo_relevance import (holds_answer, image_neighbours, lexical_neighbours,
                                               pseudo_relevance_labels)
 from train.retrieval.ranking import CorpusSnapshot, rank_documents
-from train.retrieval import image_tower_standin
-from train.retrieval.image_tower_standin import (VIEW_KINDS, warm_up_image_tower,
-                                                   warm_up_image_tower_on_validation)
 from train.retrieval.task import RetrievalExample, RetrievalTask, load_retrieval_task
 from train.sigphi.qlora import LANGUAGE_MODEL_LORA_TARGETS
 from train.sigphi.tiny import build_tiny_sigphi

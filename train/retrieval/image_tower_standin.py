@@ -12,6 +12,9 @@ import torch
 
 from modeling.modeling_retriever import ranking_loss
 from processing.processing_sigphi import to_rgb
+from train.retrieval.ranking import ranking_metrics
+
+VIEW_KINDS = ("copies", "simclr")  # the kinds of views `instance_views` makes
 
 
 def instance_views(kind: str = "copies", size: int = 16):
@@ -35,9 +38,6 @@ def instance_views(kind: str = "copies", size: int = 16):
                            image_augmentation(), v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                            v2.RandomGrayscale(p=0.2)])
     raise ValueError(f"views {kind!r}: not one of {VIEW_KINDS}")
-
-
-VIEW_KINDS = ("copies", "simclr")
 
 
 def warm_up_image_tower(retriever, processor, images: list, epochs: int = 60, batch_size: int = 256,
@@ -82,18 +82,16 @@ def warm_up_image_tower_on_validation(retriever, processor, images: list, val_ta
     """
     from train.retrieval.pseudo_relevance import image_neighbours
 
-    pairs = [i for i, e in enumerate(val_task.examples) if e.image is not None and any(
-        val_task.corpus[d].get("image") is not None for d in e.gold_document_ids)]
+    pairs = val_task.subset([i for i, e in enumerate(val_task.examples) if e.image is not None and any(
+        val_task.corpus[d]["image"] is not None for d in e.gold_document_ids)])  # questions and their gold pictures
     start, tried = copy.deepcopy(retriever.state_dict()), {}
-    for kind in VIEW_KINDS if pairs else VIEW_KINDS[:1]:
+    for kind in VIEW_KINDS if pairs.examples else VIEW_KINDS[:1]:
         retriever.load_state_dict(start)
         losses = warm_up_image_tower(retriever, processor, images, epochs, seed=seed, views=kind)
         mrr = None
-        if pairs:
-            nearest = image_neighbours(retriever, processor, val_task.subset(pairs), depth)[0]  # (n_pairs, depth)
-            mrr = float(np.mean([next((1 / (rank + 1) for rank, d in enumerate(row)
-                                       if d in val_task.examples[i].gold_document_ids), 0.0)
-                                 for i, row in zip(pairs, nearest.tolist())]))
+        if pairs.examples:
+            nearest = image_neighbours(retriever, processor, pairs, depth)[0]  # (n_pairs, depth)
+            mrr = ranking_metrics(nearest, pairs)["retriever_mrr"]
         # the weights and the random state each kind ends with, so that the kept one goes on exactly as if alone
         tried[kind] = {"mrr": mrr, "loss": losses[-1], "state": copy.deepcopy(retriever.state_dict()),
                        "rng": torch.get_rng_state()}
