@@ -37,6 +37,10 @@ from train.sigphi.tiny import build_tiny_sigphi
 
 # Where stand-in checkpoints are kept between runs, as downloaded ones are (SIGPHI_STANDIN_CACHE moves it).
 STANDIN_CACHE = Path(os.environ.get("SIGPHI_STANDIN_CACHE", Path.home() / ".cache" / "sigphi" / "standins"))
+# Torch splits a sum over its threads, so trained weights depend on their number (ten reading epochs on one thread end
+# up to 0.66 away from the same on two). The stand-in is always built on this many, so that, like a download, it is
+# the same wherever it is built (with this torch build and kind of CPU), whatever the caller's threads.
+STANDIN_TORCH_THREADS = 2
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
            "purple": (160, 60, 210), "orange": (250, 140, 20), "pink": (250, 130, 200), "cyan": (40, 210, 220),
@@ -141,6 +145,25 @@ def standin_generator(seed: int = 0, reader_epochs: float = 10, vision_epochs: i
     if cache and (folder / "config.json").is_file():
         print(f"stand-in generator: read from {folder}", flush=True)
         return load_sigphi(str(folder))
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(STANDIN_TORCH_THREADS)
+    try:
+        generator, processor = _train_standin(seed, reader_epochs, vision_epochs, document_template)
+    finally:
+        torch.set_num_threads(callers_threads)
+    if cache:
+        STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=STANDIN_CACHE, prefix=".building-"))  # renamed when complete
+        generator.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        print(f"stand-in generator: kept in {folder}", flush=True)
+    return generator.eval(), processor
+
+
+def _train_standin(seed: int, reader_epochs: float, vision_epochs: int, document_template: str):
     generator, processor = build_tiny_sigphi(seed)
     with tempfile.TemporaryDirectory() as work:
         if vision_epochs:
@@ -155,16 +178,7 @@ def standin_generator(seed: int = 0, reader_epochs: float = 10, vision_epochs: i
                                                                            document_template=document_template),
                                         work, epochs=reader_epochs, batch_size=32, learning_rate=2e-3, seed=seed,
                                         name="generator-standin")
-    if cache:
-        STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=STANDIN_CACHE, prefix=".building-"))  # renamed when complete
-        generator.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-        print(f"stand-in generator: kept in {folder}", flush=True)
-    return generator.eval(), processor
+    return generator, processor
 
 
 def _source_digest() -> str:
