@@ -58,7 +58,8 @@ def digits_named(model, processor, task, data: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="A `train.make_dataset` folder with train.csv, val.csv and corpus.jsonl.")
-    parser.add_argument("--warm_start_epochs", type=float, default=6, help="As the pipeline's --generator_epochs.")
+    parser.add_argument("--warm_start_epochs", type=float, default=TrainRetrieverGeneratorArguments.generator_epochs,
+                        help="As the pipeline's --generator_epochs (its default).")
     parser.add_argument("--output_dir", default="/tmp/reader_ceiling")
     args = parser.parse_args()
     data = Path(args.data)

@@ -156,7 +156,6 @@ def standin_generator(seed: int = 0, reader_epochs: float = 10, vision_epochs: i
         staging = Path(tempfile.mkdtemp(dir=STANDIN_CACHE, prefix=".building-"))  # renamed when complete
         generator.save_pretrained(staging)
         processor.save_pretrained(staging)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         print(f"stand-in generator: kept in {folder}", flush=True)
