@@ -72,7 +72,6 @@ def generate_answer(model, processor, request: Request, max_new_tokens: int = 16
     return processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-@torch.no_grad()
 def choice_token_counts(processor, prompt: str, choices: list[str]) -> list[int]:
     """How many tokens each choice adds after `prompt` (tokenised together, as both engines score them)."""
     n_prompt = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -80,6 +79,7 @@ def choice_token_counts(processor, prompt: str, choices: list[str]) -> list[int]
             for choice in choices]
 
 
+@torch.no_grad()
 def choice_scores(model, processor, image: Image.Image, prompt: str, choices: list[str]) -> list[float]:
     """log p(choice | image, prompt) for each choice, summed over the choice's tokens, from one forward each."""
     scores = []
