@@ -742,7 +742,7 @@ def test_the_image_warm_up_keeps_the_views_under_which_validation_pictures_find_
         return nearest, np.full(len(val_task.examples), -1)
 
     monkeypatch.setattr(image_tower_standin, "warm_up_image_tower", warm_up)
-    monkeypatch.setattr("train.retrieval.pseudo_relevance.image_neighbours", neighbours)
+    monkeypatch.setattr(image_tower_standin, "image_neighbours", neighbours)
     validation = load_retrieval_task(data / "val.csv", data / "corpus.jsonl")
     chosen = warm_up_image_tower_on_validation(retriever, processor, [], validation, depth=10, epochs=1)
     assert chosen == {"views": VIEW_KINDS[0], "mrr": {VIEW_KINDS[0]: 1.0, VIEW_KINDS[1]: 0.0}, "loss": 1.0}

@@ -12,6 +12,7 @@ import torch
 
 from modeling.modeling_retriever import ranking_loss
 from processing.processing_sigphi import to_rgb
+from train.retrieval.pseudo_relevance import image_neighbours
 from train.retrieval.ranking import ranking_metrics
 
 VIEW_KINDS = ("copies", "simclr")  # the kinds of views `instance_views` makes
@@ -80,8 +81,6 @@ def warm_up_image_tower_on_validation(retriever, processor, images: list, val_ta
     colour or place, is the task's; only its own pairs tell (copies of a drawing painted over, or another view of a
     creature). Without such pairs in `val_task`: the first kind. Returns {"views", "mrr" (per kind tried), "loss"}.
     """
-    from train.retrieval.pseudo_relevance import image_neighbours  # looked up per call: tests replace it
-
     pairs = val_task.subset([i for i, e in enumerate(val_task.examples) if e.image is not None and any(
         val_task.corpus[d]["image"] is not None for d in e.gold_document_ids)])  # questions and their gold pictures
     start, tried = copy.deepcopy(retriever.state_dict()), {}
