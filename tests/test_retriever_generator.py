@@ -532,8 +532,9 @@ class FixedGains:
 
 
 def test_a_candidate_counts_when_neither_test_says_no_and_one_says_yes(monkeypatch):
-    """Text test x generator's gain: an answer in the text counts unless reading it lowers the generator's belief; a
-    picture without text counts only when reading it raises that belief; a text without the answer never counts."""
+    """Text test x generator's gain: an answer in the text counts unless reading it lowers the generator's belief (once
+    the generator is warm-started and so judges texts too); a picture without text counts only when reading it raises
+    that belief; a text without the answer never counts."""
     corpus = [{"text": "The Kalomi eats fish.", "image": None}, {"text": "The Kalomi eats fish and berries.",
                                                                   "image": None},
               {"text": None, "image": "picture"}, {"text": "The Kalomi eats seeds.", "image": None}]
@@ -552,6 +553,7 @@ def test_a_candidate_counts_when_neither_test_says_no_and_one_says_yes(monkeypat
     assert label(use_generator=False) == [[0, 1]]  # the text test alone: both texts naming fish
     assert label() == [[0, 2]]  # the generator vetoes text 1 and admits the picture; text 3 lacks the answer
     assert label(margin=1.8) == [[0]]
+    assert label(judge_texts=False) == [[0, 1, 2]]  # before its warm start it judges only the picture
 
 
 def test_nearest_picture_only_keeps_the_bare_picture_the_image_tower_ranks_first_among_those_that_pass(monkeypatch):

@@ -197,7 +197,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
                 model, processor, train_task, args.pseudo_relevance_depth,
                 use_generator=not from_scratch or args.reader_epochs > 0, margin=args.pseudo_relevance_margin,
                 sources=("words", "pictures") if from_scratch else ("retriever", "words", "pictures"),
-                picture_copies=args.picture_copies, nearest_picture_only=args.nearest_picture_only)
+                picture_copies=args.picture_copies, nearest_picture_only=args.nearest_picture_only, judge_texts=False)
             report["pseudo_labels"] = [label_quality(relevance, hidden_gold)]
             if not any(relevance):
                 raise InvalidInput(f"{args.train_csv}: no question has a nearby document containing one of its "
@@ -206,7 +206,7 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
                         epochs=args.retriever_epochs, learning_rate=args.retriever_learning_rate,
                         n_negatives=args.hard_negatives, seed=args.seed)
         if not supervised and args.hard_em_epochs > 0:
-            relevance = relabel(args, model, processor, train_task)
+            relevance = relabel(args, model, processor, train_task, judge_texts=False)
             report["pseudo_labels"].append(label_quality(relevance, hidden_gold))
             train_retriever(retriever, retriever_processor, labelled(train_task, relevance), args.output_dir,
                             epochs=args.hard_em_epochs, learning_rate=args.retriever_learning_rate,
@@ -243,13 +243,15 @@ def train_retriever_generator(args: TrainRetrieverGeneratorArguments) -> dict:
     return {**report, "seconds": seconds, "arguments": asdict(args)}
 
 
-def relabel(args: TrainRetrieverGeneratorArguments, model, processor, task: RetrievalTask) -> list[list[int]]:
+def relabel(args: TrainRetrieverGeneratorArguments, model, processor, task: RetrievalTask,
+            judge_texts: bool = True) -> list[list[int]]:
     """Answers only, once the retriever has been trained: per question, the pseudo-relevant document it ranks highest
-    (`pseudo_relevance_labels` with `best_only`, candidates from every neighbourhood)."""
+    (`pseudo_relevance_labels` with `best_only`, candidates from every neighbourhood); the generator judges documents
+    with text too once it has been warm-started (`judge_texts`)."""
     return pseudo_relevance_labels(model, processor, task, args.pseudo_relevance_depth,
                                    margin=args.pseudo_relevance_margin, picture_copies=args.picture_copies,
                                    nearest_picture_only=args.nearest_picture_only,
-                                   best_only=args.hard_em_epochs > 0)
+                                   best_only=args.hard_em_epochs > 0, judge_texts=judge_texts)
 
 
 def label_quality(relevance: list[list[int]], gold: list[list[int]] | None) -> dict:
