@@ -4,7 +4,7 @@ quickstart calls `train_retriever_generator` directly).
 
 0. (tiny preset only) stand-in pretraining of the from-scratch parts (`standins`, `image_tower_standin`);
 1. retriever (`retriever_stage`): InfoNCE with mined hard negatives on the gold documents, or, answers only, on
-   pseudo-relevant ones (`pseudo_relevance`: the text test, and the pretrained generator's judgement), then once
+   pseudo-relevant ones (`pseudo_relevance`: the text test, and the generator judging pictures without text), then once
    more on the pseudo-relevant document the trained retriever ranks highest (hard EM);
 2. generator warm start (`generator_stage`): SFT on the top retrieved document;
 3. joint (`joint_stage`), epoch by epoch: pseudo-labels recomputed with the generator's judgement (answers only), the

@@ -8,9 +8,9 @@ answer above what it believes with no document (`generator_gains`). A candidate 
 says no and at least one says yes; so pictures are judged by the generator, and a picture with its article by both.
 Before the generator has been warm-started on the task it judges only what the text test cannot (`judge_texts=False`):
 a reader that has not yet learnt the task vetoes the gold passage about as often as any other passage naming the
-answer (on `retrieval_vqa`'s first candidates its veto cut recall 0.98 -> 0.91 and precision 0.354 -> 0.348; on the
-`--passages` variant recall 0.98 -> 0.75 for precision 0.196 -> 0.205), as RA-VQA's refinement is the trained
-reader's.
+answer (the first labels' recall of the gold documents with and without that veto: 0.91 and 0.98 on `retrieval_vqa`,
+0.75 and 0.98 on its `--passages` variant, 0.59 and 0.91 on the encyclopedia, at the same precision;
+docs/retriever_generator.md, "Measured"). RA-VQA's refinement is its trained reader's.
 
 Candidates come from up to three neighbourhoods (`pseudo_relevance_labels`): the retriever's own ranking (as in
 RA-VQA, once it can rank), the text documents nearest the question's words (TF-IDF, `lexical_neighbours`), and the
