@@ -25,7 +25,7 @@ from train.common.cli import run_cli
 from train.common.tokenizer import build_byte_level_tokenizer
 from train.evaluate_retriever_generator import RetrieverGeneratorEvaluateArguments
 from train.evaluate_retriever_generator import main as evaluate_main
-from train.retrieval import image_tower_standin, pseudo_relevance
+from train.retrieval import image_tower_standin, pipeline, pseudo_relevance
 from train.retrieval.evaluation import evaluate_retriever_generator
 from train.retrieval.generator_stage import generator_lora_config, generator_rows, train_generator
 from train.retrieval.image_tower_standin import (VIEW_KINDS, warm_up_image_tower,
@@ -758,10 +758,18 @@ def test_the_image_warm_up_keeps_the_views_under_which_validation_pictures_find_
         VIEW_KINDS[0]]
 
 
-def test_training_from_answers_only(data, tmp_path):
+def test_training_from_answers_only(data, tmp_path, monkeypatch):
     """No documents column: the retriever starts from pseudo-relevant documents (near the question, naming its
     answer), trains again on the one of them it then ranks highest (hard EM), and the generator and retriever train
-    jointly, relabelling the same way; the run saves a loadable model whose index holds the training corpus."""
+    jointly, relabelling the same way; the generator judges texts only once it has been warm-started (for the joint
+    epoch's labels); the run saves a loadable model whose index holds the training corpus."""
+    judged_texts = []
+
+    def recording(*args, judge_texts=True, **kwargs):
+        judged_texts.append(judge_texts)
+        return pseudo_relevance.pseudo_relevance_labels(*args, judge_texts=judge_texts, **kwargs)
+
+    monkeypatch.setattr(pipeline, "pseudo_relevance_labels", recording)
     report = train_retriever_generator(TrainRetrieverGeneratorArguments(
         train_csv=str(data / "train_answers_only.csv"), val_csv=str(data / "val.csv"),
         corpus=str(data / "train_documents.jsonl"), output_dir=str(tmp_path / "o"), joint_epochs=1, hard_em_epochs=1,
@@ -770,6 +778,7 @@ def test_training_from_answers_only(data, tmp_path):
     # the tiny image tower learns pictures first (the corpus has some), with the views validation prefers
     assert report["image_warm_up"]["views"] in VIEW_KINDS and set(report["image_warm_up"]["mrr"]) == set(VIEW_KINDS)
     stage_1, hard_em, joint = report["pseudo_labels"]
+    assert judged_texts == [False, False, True]  # first round, hard-EM relabelling, after the warm start
     assert 0 < stage_1["questions"] <= 80 and 0 <= joint["questions"] <= 80
     assert stage_1["per_question"] >= 1
     assert all(labels["per_question"] == (1 if labels["questions"] else 0) for labels in (hard_em, joint))
