@@ -173,23 +173,24 @@ def pseudo_relevance_labels(model, processor, task: RetrievalTask, depth: int = 
         found = (ids >= 0).any(1)
         first = ids[np.arange(len(ids)), (ids >= 0).argmax(1)]
         ids = np.where(ids >= 0, ids, np.where(found, first, 0)[:, None])
-        gains = None
-        if use_generator:
+        holds = [[holds_answer(task.corpus[doc_id], example.reference_answers) for doc_id in row]
+                 for example, row in zip(examples, ids)]  # (batch, candidates): True, False, None for a bare picture
+        if picture_copies:
+            holds = [[bool(doc_id == copy) if h is None and copy >= 0 else h for h, doc_id in zip(row, id_row)]
+                     for row, id_row, copy in zip(holds, ids, copies[rows])]
+        judges = [[use_generator and (judge_texts or h is None) for h in row] for row in holds]
+        gains = None  # the generator reads the batch only when it judges one of its candidates
+        if any(map(any, judges)):
             gains = generator_gains(model, processor, examples, [task.documents(row) for row in ids]).numpy()
-        for b, (example, row) in enumerate(zip(examples, ids)):
-            copy, answers, keep, bare_pictures = copies[start + b], example.reference_answers, [], []
+        for b, row in enumerate(ids):
+            keep, bare_pictures = [], []
             if not found[b]:
                 positives.append([])
                 continue
             for k, doc_id in enumerate(row):
-                document = task.corpus[doc_id]
-                holds = holds_answer(document, answers)
-                if picture_copies and holds is None and copy >= 0:
-                    holds = bool(doc_id == copy)
-                judges = gains is not None and (judge_texts or holds is None)
-                judged = bool(gains[b, k] > margin) if judges else None
-                if holds is not False and judged is not False and (holds or judged):
-                    (bare_pictures if nearest_picture_only and holds is None else keep).append(int(doc_id))
+                judged = bool(gains[b, k] > margin) if judges[b][k] else None
+                if holds[b][k] is not False and judged is not False and (holds[b][k] or judged):
+                    (bare_pictures if nearest_picture_only and holds[b][k] is None else keep).append(int(doc_id))
             if bare_pictures:
                 keep.append(nearest_first(bare_pictures, by_picture[start + b]))
             keep = list(dict.fromkeys(keep))
