@@ -1,8 +1,8 @@
 """The tiny retriever's image tower's stand-in for SigLIP, whose image tower already matches two pictures of one
 thing: instance discrimination on the task's own pictures, without labels (SimCLR's loss, as Contriever pretrains a
 text retriever on its corpus), under the kind of views that validation prefers. SigLIP matches a repainted copy and
-another view of a thing alike; a tower this small learns one invariance or the other, so the task's validation pairs
-choose (`warm_up_image_tower_on_validation`).
+another view of a thing alike, and still tells colours apart; a tower this small learns one invariance or another, so
+the task's validation pairs choose (`warm_up_image_tower_on_validation`).
 """
 
 import copy
@@ -15,7 +15,7 @@ from processing.processing_sigphi import to_rgb
 from train.retrieval.pseudo_relevance import image_neighbours
 from train.retrieval.ranking import ranking_metrics
 
-VIEW_KINDS = ("copies", "simclr")  # the kinds of views `instance_views` makes
+VIEW_KINDS = ("copies", "simclr", "crops")  # the kinds of views `instance_views` makes
 
 
 def instance_views(kind: str = "copies", size: int = 16):
@@ -26,7 +26,11 @@ def instance_views(kind: str = "copies", size: int = 16):
       keeps a drawing's shape to the pixel and ignores its colours (a copy painted in another colour, other light);
     - "simclr": SimCLR's views (Chen et al., 2020) at `size` pixels: a random crop of at least half the picture,
       mirrored half of the time, colours jittered (p=0.8) or dropped (p=0.2): keeps colours and ignores where a thing
-      stands and which way it faces (another view of it).
+      stands and which way it faces (another view of it), its colours only roughly;
+    - "crops": SimCLR's crops, mirroring, turns and light without its colour distortion: ignores where a thing stands,
+      which way it faces and how bright it is, and keeps its colours exactly (another view of a thing told from the
+      others by its colours, which SigLIP's features keep; SimCLR distorts them so that its features cannot lean on
+      colour histograms alone).
     """
     from torchvision.transforms import v2
 
@@ -38,6 +42,9 @@ def instance_views(kind: str = "copies", size: int = 16):
         return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                            image_augmentation(), v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                            v2.RandomGrayscale(p=0.2)])
+    if kind == "crops":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                           image_augmentation(), v2.ColorJitter(brightness=0.4)])
     raise ValueError(f"views {kind!r}: not one of {VIEW_KINDS}")
 
 
