@@ -28,7 +28,7 @@ from train.evaluate_retriever_generator import main as evaluate_main
 from train.retrieval import image_tower_standin, pipeline, pseudo_relevance
 from train.retrieval.evaluation import evaluate_retriever_generator
 from train.retrieval.generator_stage import generator_lora_config, generator_rows, train_generator
-from train.retrieval.image_tower_standin import (VIEW_KINDS, warm_up_image_tower,
+from train.retrieval.image_tower_standin import (VIEW_KINDS, instance_views, warm_up_image_tower,
                                                    warm_up_image_tower_on_validation)
 from train.retrieval.joint_stage import document_relevance_loss
 from train.retrieval.models import build_tiny_retriever, load_generator
@@ -718,6 +718,21 @@ def test_the_image_stand_in_lets_pictures_find_their_copies(tmp_path):
         assert len(chosen) == min(1, len(every)) and set(chosen) <= set(every)
         score = dict(zip(ids.tolist(), row_scores.tolist()))
         assert all(score[chosen[0]] >= score[i] - 1e-4 for i in every)
+
+
+def test_only_the_crops_views_keep_every_colour_as_it_is():
+    """What a kind of views changes is what the tower learns to ignore: the copies' drop colours (a repainted copy),
+    SimCLR's jitter or drop them, the crops keep each colour's hue and change only where a thing is and how bright."""
+    red = Image.new("RGB", (32, 32), (230, 40, 40))
+
+    def stays_red(view: Image.Image) -> bool:  # the centre pixel, which no crop, shift or turn leaves
+        r, g, b = (int(channel) for channel in view.getpixel((8, 8)))
+        return r > 2.5 * max(g, b) and abs(g - b) <= 4
+
+    torch.manual_seed(0)
+    kept = {kind: [stays_red(instance_views(kind, size=16)(red)) for _ in range(40)] for kind in VIEW_KINDS}
+    assert all(kept["crops"])
+    assert not all(kept["copies"]) and not all(kept["simclr"])
 
 
 def test_the_image_warm_up_keeps_the_views_under_which_validation_pictures_find_their_documents(data, task,
