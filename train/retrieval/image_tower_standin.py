@@ -38,13 +38,13 @@ def instance_views(kind: str = "copies", size: int = 16):
 
     if kind == "copies":
         return v2.Compose([image_augmentation(), v2.RandomGrayscale(p=0.5), v2.ColorJitter(brightness=0.7)])
+    simclr_crop = [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                   image_augmentation()]  # what "simclr" and "crops" share: where a thing stands, which way it faces
     if kind == "simclr":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                           image_augmentation(), v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        return v2.Compose([*simclr_crop, v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                            v2.RandomGrayscale(p=0.2)])
     if kind == "crops":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                           image_augmentation(), v2.ColorJitter(brightness=0.4)])
+        return v2.Compose([*simclr_crop, v2.ColorJitter(brightness=0.4)])
     raise ValueError(f"views {kind!r}: not one of {VIEW_KINDS}")
 
 
