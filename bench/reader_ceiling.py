@@ -6,7 +6,12 @@ after the gold warm start, and whether its vision names the pictured digit, on a
 
 The oracle column of docs/retriever_generator.md is the ceiling retrieval cannot raise; this splits it, so that a
 miss is put on the right part: reading a picture's colour ("drawing" questions), finding the sentence about the
-pictured digit among several ("digit" questions), or seeing the digit at all. Reads only the validation split.
+pictured digit among several ("digit" questions), or seeing the digit at all; on other tasks (the encyclopedia) by
+question, and on every task by whether the right answer is a word the stand-in's reading rows ever answer with (a
+pretrained reader has read every word; the stand-in only its own lists). Reads only the validation split.
+
+    python -m train.make_dataset encyclopedia --output_dir /tmp/data/encyclopedia
+    OMP_NUM_THREADS=1 python -m bench.reader_ceiling /tmp/data/encyclopedia
 """
 
 import argparse
@@ -21,21 +26,35 @@ from train.common.vqa_data import conversation_row
 from train.retrieval.evaluation import multiple_choice_accuracy
 from train.retrieval.generator_stage import warm_start_generator
 from train.retrieval.pipeline import TrainRetrieverGeneratorArguments, build_model, load_tasks
-from train.retrieval.standins import DIGIT_WORDS
+from train.retrieval.standins import COLOURS, DIGIT_WORDS, FACTS, NUMBER_WORDS
 from train.sigphi.evaluation import evaluate_sigphi
 
 KINDS = ("digit", "drawing")  # catalogue questions ("... what colour is this digit?"), archive ones ("... drawing?")
+# Every answer the stand-in's reading rows give (`train.retrieval.standins.reading_rows`).
+PRACTISED_ANSWERS = {*COLOURS, *NUMBER_WORDS, *DIGIT_WORDS,
+                     *(value for _, _, values in FACTS.values() for value in values)}
+
+
+def question_kind(question: str) -> str:
+    """`retrieval_vqa`'s questions name their catalogue, so they are grouped by what they ask about (KINDS); any other
+    task's by their text (the encyclopedia asks four questions)."""
+    return next((kind for kind in KINDS if kind in question), question)
 
 
 def oracle_by_kind(model, processor, task) -> dict[str, dict]:
-    """{kind: {"questions": n, "oracle": accuracy reading the first gold document}}."""
+    """{group: {"questions": n, "oracle": accuracy reading the first gold document}} for all questions, each kind, and
+    right answers the stand-in practised or not."""
+    groups: dict[str, list[int]] = {"all": list(range(len(task.examples)))}
+    for i, example in enumerate(task.examples):
+        groups.setdefault(question_kind(example.question), []).append(i)
+        answer = example.answer_choices[example.label]
+        groups.setdefault("answer practised" if answer in PRACTISED_ANSWERS else "answer never practised", []).append(i)
     result = {}
-    for kind in KINDS:
-        subset = task.subset([i for i, e in enumerate(task.examples) if kind in e.question])
-        if subset.examples:
-            read = [subset.documents(e.gold_document_ids[:1]) for e in subset.examples]
-            accuracy = multiple_choice_accuracy(model, processor, subset, read, [None] * len(read), None, 16)
-            result[kind] = {"questions": len(read), "oracle": accuracy}
+    for group, members in groups.items():
+        subset = task.subset(members)
+        read = [subset.documents(e.gold_document_ids[:1]) for e in subset.examples]
+        accuracy = multiple_choice_accuracy(model, processor, subset, read, [None] * len(read), None, 16)
+        result[group] = {"questions": len(read), "oracle": round(accuracy, 3)}
     return result
 
 
@@ -68,8 +87,9 @@ def main() -> None:
         output_dir=args.output_dir, preset="tiny")
     train_task, val_task = load_tasks(pipeline_args)
     model, processor, _ = build_model(pipeline_args, train_task)
-    result = {"data": str(data), "stand-in": oracle_by_kind(model, processor, val_task),
-              "stand-in vision": digits_named(model, processor, val_task, data)}  # before the task's prompts
+    result = {"data": str(data), "stand-in": oracle_by_kind(model, processor, val_task)}
+    if any("digit" in example.question for example in val_task.examples):  # before the task's prompts
+        result["stand-in vision"] = digits_named(model, processor, val_task, data)
     model.generator = warm_start_generator(
         model.generator, processor.generator_processor, train_task,
         [e.gold_document_ids[:1] for e in train_task.examples], model.config.document_template,

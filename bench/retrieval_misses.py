@@ -1,5 +1,6 @@
 """Where a trained retriever misses, by question kind: recall@1 of the catalogue ("digit") and archive ("drawing")
-questions of a bundled `retrieval_vqa` split, and whether each miss ranked a picture or a text first.
+questions of a bundled `retrieval_vqa` split (another task's by question), and whether each miss ranked a picture or a
+text first.
 
     python -m train.make_dataset retrieval_vqa --output_dir /tmp/data/retrieval_vqa
     OMP_NUM_THREADS=1 python -m train.train_retriever_generator --train_csv /tmp/data/retrieval_vqa/train.csv \
@@ -16,7 +17,7 @@ import argparse
 import json
 from collections import Counter
 
-from bench.reader_ceiling import KINDS
+from bench.reader_ceiling import question_kind
 from modeling import RetrieverGeneratorForMultipleChoice
 from processing import RetrieverGeneratorProcessor
 from train.retrieval.evaluation import searched_task
@@ -28,8 +29,10 @@ def misses_by_kind(model, processor, task) -> dict[str, dict]:
     """{kind: {"questions": n, "recall_at_1": r, "misses_ranking_first": {"picture": m, "text": t}}}."""
     ranked = search_index(model.retriever, processor.retriever_processor, task, 1)
     result = {}
-    for kind in KINDS:
-        members = [i for i, example in enumerate(task.examples) if kind in example.question]
+    kinds: dict[str, list[int]] = {}
+    for i, example in enumerate(task.examples):
+        kinds.setdefault(question_kind(example.question), []).append(i)
+    for kind, members in kinds.items():
         missed = [i for i in members if ranked[i][0] not in task.examples[i].gold_document_ids]
         first = Counter("picture" if task.corpus[ranked[i][0]]["image"] is not None else "text" for i in missed)
         result[kind] = {"questions": len(members), "recall_at_1": 1 - len(missed) / max(len(members), 1),
