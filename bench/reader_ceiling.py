@@ -44,11 +44,13 @@ def question_kind(question: str) -> str:
 def oracle_by_kind(model, processor, task) -> dict[str, dict]:
     """{group: {"questions": n, "oracle": accuracy reading the first gold document}} for all questions, each kind, and
     right answers the stand-in practised or not."""
-    groups: dict[str, list[int]] = {"all": list(range(len(task.examples)))}
+    kinds: dict[str, list[int]] = {}
+    answers: dict[str, list[int]] = {"answer practised": [], "answer never practised": []}
     for i, example in enumerate(task.examples):
-        groups.setdefault(question_kind(example.question), []).append(i)
-        answer = example.answer_choices[example.label]
-        groups.setdefault("answer practised" if answer in PRACTISED_ANSWERS else "answer never practised", []).append(i)
+        kinds.setdefault(question_kind(example.question), []).append(i)
+        practised = example.answer_choices[example.label] in PRACTISED_ANSWERS
+        answers["answer practised" if practised else "answer never practised"].append(i)
+    groups = {"all": list(range(len(task.examples))), **kinds, **{name: ids for name, ids in answers.items() if ids}}
     result = {}
     for group, members in groups.items():
         subset = task.subset(members)
@@ -88,7 +90,7 @@ def main() -> None:
     train_task, val_task = load_tasks(pipeline_args)
     model, processor, _ = build_model(pipeline_args, train_task)
     result = {"data": str(data), "stand-in": oracle_by_kind(model, processor, val_task)}
-    if any("digit" in example.question for example in val_task.examples):  # before the task's prompts
+    if any(question_kind(example.question) == "digit" for example in val_task.examples):  # before the task's prompts
         result["stand-in vision"] = digits_named(model, processor, val_task, data)
     model.generator = warm_start_generator(
         model.generator, processor.generator_processor, train_task,

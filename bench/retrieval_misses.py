@@ -25,8 +25,13 @@ from train.retrieval.ranking import search_index
 from train.retrieval.task import load_retrieval_task
 
 
+def document_kind(document: dict) -> str:
+    has_image, has_text = document["image"] is not None, bool(document.get("text"))
+    return "picture and text" if has_image and has_text else "picture" if has_image else "text"
+
+
 def misses_by_kind(model, processor, task) -> dict[str, dict]:
-    """{kind: {"questions": n, "recall_at_1": r, "misses_ranking_first": {"picture": m, "text": t}}}."""
+    """{kind: {"questions": n, "recall_at_1": r, "misses_ranking_first": {document kind: m}}}."""
     ranked = search_index(model.retriever, processor.retriever_processor, task, 1)
     result = {}
     kinds: dict[str, list[int]] = {}
@@ -34,7 +39,7 @@ def misses_by_kind(model, processor, task) -> dict[str, dict]:
         kinds.setdefault(question_kind(example.question), []).append(i)
     for kind, members in kinds.items():
         missed = [i for i in members if ranked[i][0] not in task.examples[i].gold_document_ids]
-        first = Counter("picture" if task.corpus[ranked[i][0]]["image"] is not None else "text" for i in missed)
+        first = Counter(document_kind(task.corpus[ranked[i][0]]) for i in missed)
         result[kind] = {"questions": len(members), "recall_at_1": 1 - len(missed) / max(len(members), 1),
                         "misses_ranking_first": dict(first)}
     return result
