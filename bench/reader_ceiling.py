@@ -65,9 +65,9 @@ def digits_named(model, processor, task, data: Path) -> dict:
     stand-in's question, through `evaluate_sigphi`); the picture's file name (the CSV's `question_image`) is its index
     in `load_digits`, as `train.make_dataset` writes it."""
     targets = load_digits().target
-    examples = [e for e in task.examples if "digit" in e.question]
+    examples = [e for e in task.examples if question_kind(e.question) == "digit"]
     with open(data / "val.csv", newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if "digit" in row["question_text"]]
+        rows = [row for row in csv.DictReader(handle) if question_kind(row["question_text"]) == "digit"]
     assert [row["question_text"] for row in rows] == [e.question for e in examples], "val.csv and the task disagree"
     pictured = [DIGIT_WORDS[targets[int(Path(row["question_image"]).stem)]] for row in rows]
     questions = Dataset.from_list([conversation_row(example.image, "What digit is this?", digit)
