@@ -35,24 +35,27 @@ PRACTISED_ANSWERS = {*COLOURS, *NUMBER_WORDS, *DIGIT_WORDS,
                      *(value for _, _, values in FACTS.values() for value in values)}
 
 
-def question_kind(question: str) -> str:
-    """`retrieval_vqa`'s questions name their catalogue, so they are grouped by what they ask about (KINDS); any other
-    task's by their text (the encyclopedia asks four questions)."""
-    return next((kind for kind in KINDS if kind in question), question)
+def questions_by_kind(task) -> dict[str, list[int]]:
+    """{kind: indices of `task`'s questions of that kind}. `retrieval_vqa`'s questions name their catalogue, so they
+    are grouped by what they ask about (KINDS); any other task's by their text (the encyclopedia asks four
+    questions)."""
+    kinds: dict[str, list[int]] = {}
+    for i, example in enumerate(task.examples):
+        kinds.setdefault(next((kind for kind in KINDS if kind in example.question), example.question), []).append(i)
+    return kinds
 
 
 def oracle_by_kind(model, processor, task) -> dict[str, dict]:
     """{group: {"questions": n, "oracle": accuracy reading the first gold document}} for all questions, each kind, and
     right answers the stand-in practised or not."""
-    kinds: dict[str, list[int]] = {}
-    answers: dict[str, list[int]] = {"answer practised": [], "answer never practised": []}
-    for i, example in enumerate(task.examples):
-        kinds.setdefault(question_kind(example.question), []).append(i)
-        practised = example.answer_choices[example.label] in PRACTISED_ANSWERS
-        answers["answer practised" if practised else "answer never practised"].append(i)
-    groups = {"all": list(range(len(task.examples))), **kinds, **{name: ids for name, ids in answers.items() if ids}}
+    everyone = range(len(task.examples))
+    practised = [i for i in everyone if task.examples[i].answer_choices[task.examples[i].label] in PRACTISED_ANSWERS]
+    groups = {"all": list(everyone), **questions_by_kind(task), "answer practised": practised,
+              "answer never practised": sorted(set(everyone) - set(practised))}
     result = {}
     for group, members in groups.items():
+        if not members:
+            continue
         subset = task.subset(members)
         read = [subset.documents(e.gold_document_ids[:1]) for e in subset.examples]
         accuracy = multiple_choice_accuracy(model, processor, subset, read, [None] * len(read), None, 16)
@@ -60,18 +63,18 @@ def oracle_by_kind(model, processor, task) -> dict[str, dict]:
     return result
 
 
-def digits_named(model, processor, task, data: Path) -> dict:
-    """Share of the "digit" questions whose pictured digit the generator names ("What digit is this?", the reading
-    stand-in's question, through `evaluate_sigphi`); the picture's file name (the CSV's `question_image`) is its index
-    in `load_digits`, as `train.make_dataset` writes it."""
+def digits_named(model, processor, task, data: Path, digit_questions: list[int]) -> dict:
+    """Share of the "digit" questions (`digit_questions`, indices into `task`) whose pictured digit the generator names
+    ("What digit is this?", the reading stand-in's question, through `evaluate_sigphi`); the picture's file name (the
+    CSV's `question_image`) is its index in `load_digits`, as `train.make_dataset` writes it."""
     targets = load_digits().target
-    examples = [e for e in task.examples if question_kind(e.question) == "digit"]
     with open(data / "val.csv", newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if question_kind(row["question_text"]) == "digit"]
-    assert [row["question_text"] for row in rows] == [e.question for e in examples], "val.csv and the task disagree"
-    pictured = [DIGIT_WORDS[targets[int(Path(row["question_image"]).stem)]] for row in rows]
-    questions = Dataset.from_list([conversation_row(example.image, "What digit is this?", digit)
-                                   for example, digit in zip(examples, pictured)])
+        rows = list(csv.DictReader(handle))
+    assert [row["question_text"] for row in rows] == [e.question for e in task.examples], \
+        "val.csv and the task disagree"
+    questions = Dataset.from_list([
+        conversation_row(task.examples[i].image, "What digit is this?",
+                         DIGIT_WORDS[targets[int(Path(rows[i]["question_image"]).stem)]]) for i in digit_questions])
     named = evaluate_sigphi(model.generator, processor.generator_processor, questions, max_new_tokens=8)
     return {"questions": named["n"], "digit_named": named["accuracy"]}
 
@@ -90,8 +93,9 @@ def main() -> None:
     train_task, val_task = load_tasks(pipeline_args)
     model, processor, _ = build_model(pipeline_args, train_task)
     result = {"data": str(data), "stand-in": oracle_by_kind(model, processor, val_task)}
-    if any(question_kind(example.question) == "digit" for example in val_task.examples):  # before the task's prompts
-        result["stand-in vision"] = digits_named(model, processor, val_task, data)
+    digit_questions = questions_by_kind(val_task).get("digit")
+    if digit_questions:  # before the task's prompts
+        result["stand-in vision"] = digits_named(model, processor, val_task, data, digit_questions)
     model.generator = warm_start_generator(
         model.generator, processor.generator_processor, train_task,
         [e.gold_document_ids[:1] for e in train_task.examples], model.config.document_template,

@@ -17,7 +17,7 @@ import argparse
 import json
 from collections import Counter
 
-from bench.reader_ceiling import question_kind
+from bench.reader_ceiling import questions_by_kind
 from modeling import RetrieverGeneratorForMultipleChoice
 from processing import RetrieverGeneratorProcessor
 from train.retrieval.evaluation import searched_task
@@ -34,13 +34,10 @@ def misses_by_kind(model, processor, task) -> dict[str, dict]:
     """{kind: {"questions": n, "recall_at_1": r, "misses_ranking_first": {document kind: m}}}."""
     ranked = search_index(model.retriever, processor.retriever_processor, task, 1)
     result = {}
-    kinds: dict[str, list[int]] = {}
-    for i, example in enumerate(task.examples):
-        kinds.setdefault(question_kind(example.question), []).append(i)
-    for kind, members in kinds.items():
+    for kind, members in questions_by_kind(task).items():
         missed = [i for i in members if ranked[i][0] not in task.examples[i].gold_document_ids]
         first = Counter(document_kind(task.corpus[ranked[i][0]]) for i in missed)
-        result[kind] = {"questions": len(members), "recall_at_1": 1 - len(missed) / max(len(members), 1),
+        result[kind] = {"questions": len(members), "recall_at_1": 1 - len(missed) / len(members),
                         "misses_ranking_first": dict(first)}
     return result
 
